@@ -1,0 +1,22 @@
+// Every op schema of the extension, in one place. Kernels register their implementations per
+// device in csrc/cpu and csrc/cuda; fake (meta) impls and autograd live in unet_fast/ops.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// The extension is loaded as a Python module so that `import unet_fast._C` registers the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(unet_fast, m) {
+  // cat([up, centre_crop(skip, up's H, W)], dim=1)
+  m.def("crop_concat(Tensor up, Tensor skip) -> Tensor");
+  // Splits the concatenated gradient into up's part and a skip-sized gradient that is zero
+  // outside the cropped window.
+  m.def(
+      "crop_concat_backward(Tensor grad_out, int up_channels, SymInt skip_height, "
+      "SymInt skip_width) -> (Tensor, Tensor)");
+}

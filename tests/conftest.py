@@ -1,0 +1,30 @@
+"""Test setup: without a GPU, Triton kernels run under the interpreter on CPU tensors. This has
+to happen before unet_fast imports any kernel module, hence at the top of conftest."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from unet_fast.ops import available_backends  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def backends_for(op: str) -> list[str]:
+    """Every backend that can run ``op`` on this machine's test device."""
+    return available_backends(op, DEVICE)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

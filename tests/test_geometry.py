@@ -1,0 +1,43 @@
+"""Valid input sizes of a valid-convolution U-Net, checked against running the reference."""
+
+import pytest
+import torch
+
+from unet_fast import UNetGeometry, reference
+
+PAPER = UNetGeometry(depth=5, stages=4)
+
+
+def test_paper_network_sizes():
+    assert PAPER.output_size(572) == 388
+    assert PAPER.valid_input_sizes(180, 600) == list(range(188, 600, 16))
+    assert PAPER.nearest_valid_sizes(570) == (556, 572)
+    assert PAPER.nearest_valid_sizes(100) == (None, 188)
+
+
+def test_error_names_the_reason_and_nearest_sizes():
+    with pytest.raises(ValueError, match=r"input size 570 .*odd size.*Nearest valid sizes: 556 and 572"):
+        PAPER.output_size(570)
+    with pytest.raises(ValueError, match=r"input size 100 .*smallest valid size is 188"):
+        PAPER.output_size(100)
+
+
+@pytest.mark.parametrize("enc_chs,dec_chs", [((1, 2, 4, 8), (8, 4, 2)), ((1, 2, 4, 8), (8, 4)), ((1, 2, 4), (4, 2))])
+def test_valid_sizes_are_exactly_those_the_reference_runs_cleanly(enc_chs, dec_chs):
+    geometry = UNetGeometry(depth=len(enc_chs) - 1, stages=len(dec_chs) - 1)
+    model = reference.UNet(enc_chs=enc_chs, dec_chs=dec_chs)
+    features = []
+    model.encoder.register_forward_hook(lambda module, args, out: features.extend(out))
+    for n in range(1, 90):
+        features.clear()
+        try:
+            with torch.no_grad():
+                out = model(torch.randn(1, 1, n, n))
+        except RuntimeError:
+            assert not geometry.is_valid(n), n
+            continue
+        pooled = features[:-1]
+        even_pools = all(f.shape[-1] % 2 == 0 for f in pooled[: geometry.depth - 1])
+        assert geometry.is_valid(n) == even_pools, n
+        if geometry.is_valid(n):
+            assert out.shape[-1] == geometry.output_size(n)

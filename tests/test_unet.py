@@ -1,0 +1,151 @@
+"""The drop-in UNet against the reference: weights, state_dicts, outputs and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unet_fast
+from unet_fast import reference
+
+from conftest import DEVICE, backends_for
+
+SMALL = dict(enc_chs=(1, 4, 8, 16), dec_chs=(16, 8, 4))
+# Float32 tolerance for outputs and parameter gradients; the ops are copies, so today the
+# results agree to the last bit, but fused convolutions may reorder sums.
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def twins(**kwargs):
+    """A reference and a drop-in UNet holding the same weights."""
+    torch.manual_seed(0)
+    ref = reference.UNet(**{k: v for k, v in kwargs.items() if k not in ("backend", "paper_block")})
+    fast = unet_fast.UNet(**kwargs)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def assert_same_outputs_and_gradients(ref, fast, x):
+    out_ref, out_fast = ref(x), fast(x)
+    torch.testing.assert_close(out_fast, out_ref, **TOL)
+    grad_out = torch.randn_like(out_ref)
+    out_ref.backward(grad_out)
+    out_fast.backward(grad_out)
+    fast_params = dict(fast.named_parameters())
+    for name, param in ref.named_parameters():
+        torch.testing.assert_close(fast_params[name].grad, param.grad, **TOL, msg=name)
+
+
+def test_same_seed_gives_the_reference_weights():
+    torch.manual_seed(1)
+    ref = reference.UNet()
+    torch.manual_seed(1)
+    fast = unet_fast.UNet()
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    for name, value in ref.state_dict().items():
+        assert torch.equal(fast.state_dict()[name], value), name
+
+
+def test_load_state_dict_both_ways():
+    ref, fast = reference.UNet(**SMALL), unet_fast.UNet(**SMALL)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    other = reference.UNet(**SMALL)
+    other.load_state_dict(fast.state_dict(), strict=True)
+    for name, value in ref.state_dict().items():
+        assert torch.equal(other.state_dict()[name], value)
+
+
+def test_paper_size_572_gives_388_and_equals_the_reference():
+    ref, fast = twins()
+    x = torch.randn(1, 1, 572, 572)
+    with torch.no_grad():
+        out = fast(x)
+        assert out.shape == (1, 2, 388, 388)
+        torch.testing.assert_close(out, ref(x), **TOL)
+
+
+# The Triton interpreter is too slow for full widths; it is covered at small widths below.
+FULL_WIDTH_BACKENDS = [b for b in backends_for("crop_concat") if b != "triton" or DEVICE.type == "cuda"]
+
+
+@pytest.mark.parametrize("backend", FULL_WIDTH_BACKENDS)
+def test_full_width_outputs_and_gradients_equal_the_reference(backend):
+    ref, fast = twins(backend=backend)
+    assert_same_outputs_and_gradients(ref, fast, torch.randn(1, 1, 188, 188))
+
+
+@pytest.mark.parametrize("backend", backends_for("crop_concat"))
+def test_small_width_outputs_and_gradients_equal_the_reference(backend):
+    ref, fast = twins(**SMALL, backend=backend)
+    assert_same_outputs_and_gradients(ref, fast, torch.randn(2, 1, 60, 60))
+
+
+def test_default_backend_is_the_cpp_kernel_on_cpu():
+    assert unet_fast.ops.available_backends("crop_concat", "cpu")[0] == "cpu"
+
+
+def test_retain_dim_matches_the_reference():
+    ref, fast = twins(**SMALL, retain_dim=True, out_sz=(44, 44))
+    x = torch.randn(1, 1, 44, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), **TOL)
+        assert fast(x).shape == (1, 2, 44, 44)
+
+
+def test_channels_last_input_gives_the_same_result():
+    ref, fast = twins(**SMALL)
+    x = torch.randn(2, 1, 44, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.to(memory_format=torch.channels_last)), ref(x), **TOL)
+
+
+def test_paper_block_puts_a_relu_after_both_convolutions():
+    ref, fast = twins(**SMALL, paper_block=True)
+    x = torch.randn(1, 1, 44, 44)
+
+    def block(b, t):
+        return F.relu(b.conv2(F.relu(b.conv1(t))))
+
+    with torch.no_grad():
+        features, t = [], x
+        for level, b in enumerate(ref.encoder.enc_blocks):
+            t = block(b, F.max_pool2d(t, 2) if level else t)
+            features.append(t)
+        for up, b, skip in zip(ref.decoder.upconvs, ref.decoder.dec_blocks, features[-2::-1]):
+            u = up(t)
+            t = block(b, torch.cat([u, reference.center_crop(skip, u.shape[-2:])], 1))
+        torch.testing.assert_close(fast(x), ref.head(t), **TOL)
+        assert not torch.allclose(fast(x), ref(x))
+
+
+def test_size_helpers():
+    model = unet_fast.UNet()
+    assert model.output_size(572) == 388
+    assert model.valid_input_sizes(500, 600) == [508, 524, 540, 556, 572, 588]
+    assert unet_fast.UNet(**SMALL).output_size(44) == 4
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ((1, 1, 570, 572), r"input height 570 .*odd.*Nearest valid sizes: 556 and 572"),
+        ((1, 1, 572, 100), r"input width 100 .*smallest valid size is 188"),
+        ((1, 3, 572, 572), r"x must be \(N, 1, H, W\)"),
+        ((1, 572, 572), r"x must be \(N, 1, H, W\)"),
+    ],
+)
+def test_invalid_inputs_raise_clear_errors(shape, match):
+    with pytest.raises(ValueError, match=match):
+        unet_fast.UNet()(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    "enc_chs,dec_chs,match",
+    [
+        ((1, 4, 8), (16, 4), r"dec_chs\[0\] \(16\) must equal enc_chs\[-1\] \(8\)"),
+        ((1, 4, 8), (8, 4, 2), r"2 decoder stages need 3 encoder blocks"),
+        ((1, 4, 8, 16), (16, 4, 2), r"dec_chs\[0\] must be 12"),
+    ],
+)
+def test_inconsistent_widths_raise(enc_chs, dec_chs, match):
+    with pytest.raises(ValueError, match=match):
+        unet_fast.UNet(enc_chs, dec_chs)

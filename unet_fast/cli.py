@@ -1,0 +1,49 @@
+"""The ``unet-fast`` command."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import unet_fast
+from unet_fast import reference
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """Runs the drop-in U-Net and the reference on one random image and compares them."""
+    torch.manual_seed(0)
+    model = unet_fast.UNet(backend=args.backend)
+    oracle = reference.UNet()
+    oracle.load_state_dict(model.state_dict())
+    image = torch.randn(1, 1, args.size, args.size)
+    print(f"unet_fast {unet_fast.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"input  {tuple(image.shape)} -> expected output side {model.output_size(args.size)}")
+    for name, net in (("unet_fast.UNet", model), ("reference.UNet", oracle)):
+        with torch.no_grad():
+            start = time.perf_counter()
+            out = net(image)
+            forward = time.perf_counter() - start
+        start = time.perf_counter()
+        net(image).square().mean().backward()
+        step = time.perf_counter() - start
+        print(f"{name:15s} output {tuple(out.shape)}  forward {forward:.2f} s  forward+backward {step:.2f} s")
+        if net is model:
+            fast_out = out
+    print(f"max |difference| of the outputs: {(fast_out - out).abs().max().item():.2e}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="unet-fast", description=unet_fast.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run the U-Net on a random image and time it")
+    demo.add_argument("--size", type=int, default=572, help="input side length (default 572)")
+    demo.add_argument("--backend", default=None, help="force a backend: cpu, cuda, triton or torch")
+    demo.set_defaults(run=_demo)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

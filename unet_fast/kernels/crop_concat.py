@@ -1,0 +1,104 @@
+"""Triton kernels of crop_concat: strided copies between the concatenated tensor and its two
+sources, one flat 1-D grid of (plane, block) programs so no grid dimension overflows."""
+
+import triton
+import triton.language as tl
+
+from unet_fast.kernels import INTERPRETED
+
+# The interpreter pays per program, so there one program covers a whole plane.
+_GPU_BLOCK = 1024
+_INTERPRETER_MAX_BLOCK = 1 << 16
+
+
+def _block_size(plane_numel: int) -> int:
+    if INTERPRETED:
+        return min(_INTERPRETER_MAX_BLOCK, triton.next_power_of_2(max(plane_numel, 16)))
+    return _GPU_BLOCK
+
+
+@triton.jit
+def crop_concat_forward_kernel(
+    up_ptr, skip_ptr, out_ptr,
+    up_channels, channels, h, w, top, left, blocks_per_plane,
+    up_sn, up_sc, up_sh, up_sw,
+    skip_sn, skip_sc, skip_sh, skip_sw,
+    out_sn, out_sc, out_sh, out_sw,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    plane = pid // blocks_per_plane
+    n = plane // channels
+    c = plane % channels
+    offs = (pid % blocks_per_plane) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < h * w
+    y = offs // w
+    x = offs % w
+    if c < up_channels:
+        src = up_ptr + n * up_sn + c * up_sc + y * up_sh + x * up_sw
+    else:
+        src = skip_ptr + n * skip_sn + (c - up_channels) * skip_sc + (y + top) * skip_sh + (x + left) * skip_sw
+    value = tl.load(src, mask=mask)
+    tl.store(out_ptr + n * out_sn + c * out_sc + y * out_sh + x * out_sw, value, mask=mask)
+
+
+@triton.jit
+def crop_concat_backward_kernel(
+    grad_ptr, grad_up_ptr, grad_skip_ptr,
+    up_channels, channels, h, w, skip_h, skip_w, top, left, blocks_per_plane,
+    g_sn, g_sc, g_sh, g_sw,
+    gu_sn, gu_sc, gu_sh, gu_sw,
+    gs_sn, gs_sc, gs_sh, gs_sw,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    plane = pid // blocks_per_plane
+    n = plane // channels
+    c = plane % channels
+    offs = (pid % blocks_per_plane) * BLOCK + tl.arange(0, BLOCK)
+    if c < up_channels:
+        mask = offs < h * w
+        y = offs // w
+        x = offs % w
+        value = tl.load(grad_ptr + n * g_sn + c * g_sc + y * g_sh + x * g_sw, mask=mask)
+        tl.store(grad_up_ptr + n * gu_sn + c * gu_sc + y * gu_sh + x * gu_sw, value, mask=mask)
+    else:
+        mask = offs < skip_h * skip_w
+        sy = offs // skip_w
+        sx = offs % skip_w
+        y = sy - top
+        x = sx - left
+        inside = mask & (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        value = tl.load(grad_ptr + n * g_sn + c * g_sc + y * g_sh + x * g_sw, mask=inside, other=0.0)
+        cs = c - up_channels
+        tl.store(grad_skip_ptr + n * gs_sn + cs * gs_sc + sy * gs_sh + sx * gs_sw, value, mask=mask)
+
+
+def crop_concat_forward(up, skip, out, top: int, left: int) -> None:
+    """Fills ``out`` (N, Cu + Cs, h, w) with ``up`` and the (top, left) window of ``skip``."""
+    n, channels, h, w = out.shape
+    block = _block_size(h * w)
+    blocks_per_plane = triton.cdiv(h * w, block)
+    grid = (n * channels * blocks_per_plane,)
+    if grid[0] == 0:
+        return
+    crop_concat_forward_kernel[grid](
+        up, skip, out, up.shape[1], channels, h, w, top, left, blocks_per_plane,
+        *up.stride(), *skip.stride(), *out.stride(), BLOCK=block,
+    )
+
+
+def crop_concat_backward(grad_out, grad_up, grad_skip, top: int, left: int) -> None:
+    """Splits ``grad_out`` into ``grad_up`` and ``grad_skip`` (zero outside the window)."""
+    n, channels, h, w = grad_out.shape
+    skip_h, skip_w = grad_skip.shape[2:]
+    block = _block_size(max(h * w, skip_h * skip_w))
+    blocks_per_plane = triton.cdiv(max(h * w, skip_h * skip_w), block)
+    grid = (n * channels * blocks_per_plane,)
+    if grid[0] == 0:
+        return
+    crop_concat_backward_kernel[grid](
+        grad_out, grad_up, grad_skip, grad_up.shape[1], channels, h, w, skip_h, skip_w,
+        top, left, blocks_per_plane,
+        *grad_out.stride(), *grad_up.stride(), *grad_skip.stride(), BLOCK=block,
+    )

@@ -1,0 +1,143 @@
+"""The drop-in U-Net: the reference's constructor, module tree and state_dict, run on the fused
+ops of :mod:`unet_fast.ops`.
+
+Parameters are created in the reference's order, so the same seed gives the same weights, and
+``load_state_dict`` works both ways. The forward skips the reference's one wasted step (a pool
+after the deepest block) and checks the input size up front.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unet_fast import ops
+from unet_fast.geometry import UNetGeometry
+
+
+class Block(nn.Module):
+    """Two valid 3x3 convolutions with a ReLU between them (and after both if ``final_relu``)."""
+
+    def __init__(self, in_ch: int, out_ch: int, final_relu: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3)
+        self.final_relu = final_relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = self.conv2(x)
+        return F.relu(x) if self.final_relu else x
+
+
+class Encoder(nn.Module):
+    def __init__(self, chs: Sequence[int], final_relu: bool):
+        super().__init__()
+        self.enc_blocks = nn.ModuleList(Block(chs[i], chs[i + 1], final_relu) for i in range(len(chs) - 1))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for level, block in enumerate(self.enc_blocks):
+            if level:
+                x = self.pool(x)
+            x = block(x)
+            features.append(x)
+        return features
+
+
+class Decoder(nn.Module):
+    def __init__(self, chs: Sequence[int], final_relu: bool):
+        super().__init__()
+        self.chs = chs
+        self.upconvs = nn.ModuleList(nn.ConvTranspose2d(chs[i], chs[i + 1], 2, 2) for i in range(len(chs) - 1))
+        self.dec_blocks = nn.ModuleList(Block(chs[i], chs[i + 1], final_relu) for i in range(len(chs) - 1))
+
+    def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor], backend: str | None) -> torch.Tensor:
+        for upconv, block, skip in zip(self.upconvs, self.dec_blocks, skips):
+            x = block(ops.crop_concat(upconv(x), skip, backend=backend))
+        return x
+
+
+class UNet(nn.Module):
+    """U-Net with valid convolutions; a drop-in for :class:`unet_fast.reference.UNet`.
+
+    Keyword-only extras: ``backend`` forces the kernels of every fused op (``"cpu"``,
+    ``"cuda"``, ``"triton"``, ``"torch"``; default: the best for the input's device), and
+    ``paper_block=True`` puts a ReLU after both convolutions of every block, as in the paper
+    (the reference, like the blog post, has one only between them).
+    """
+
+    def __init__(
+        self,
+        enc_chs: Sequence[int] = (1, 64, 128, 256, 512, 1024),
+        dec_chs: Sequence[int] = (1024, 512, 256, 128, 64),
+        num_class: int = 2,
+        retain_dim: bool = False,
+        out_sz: tuple[int, int] = (572, 572),
+        *,
+        backend: str | None = None,
+        paper_block: bool = False,
+    ):
+        super().__init__()
+        _check_widths(enc_chs, dec_chs)
+        self.encoder = Encoder(enc_chs, paper_block)
+        self.decoder = Decoder(dec_chs, paper_block)
+        self.head = nn.Conv2d(dec_chs[-1], num_class, 1)
+        self.retain_dim = retain_dim
+        self.out_sz = out_sz
+        self.dec_chs = dec_chs
+        self.backend = backend
+        self.paper_block = paper_block
+        self.geometry = UNetGeometry(depth=len(enc_chs) - 1, stages=len(dec_chs) - 1)
+
+    def output_size(self, n: int) -> int:
+        """Output side length for input side length ``n`` (before ``retain_dim``)."""
+        return self.geometry.output_size(n)
+
+    def valid_input_sizes(self, lo: int = 1, hi: int = 1024) -> list[int]:
+        """Every input side length in [lo, hi] this network takes."""
+        return self.geometry.valid_input_sizes(lo, hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        features = self.encoder(x)
+        x = self.decoder(features[-1], features[-2::-1], self.backend)
+        x = self.head(x)
+        if self.retain_dim:
+            x = F.interpolate(x, self.out_sz)
+        return x
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        in_channels = self.encoder.enc_blocks[0].conv1.in_channels
+        if x.dim() != 4 or x.shape[1] != in_channels:
+            raise ValueError(f"x must be (N, {in_channels}, H, W), got shape {tuple(x.shape)}")
+        self.geometry.output_size(x.shape[2], name="input height")
+        self.geometry.output_size(x.shape[3], name="input width")
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}, paper_block={self.paper_block}"
+
+
+def _check_widths(enc_chs: Sequence[int], dec_chs: Sequence[int]) -> None:
+    """The channel counts must chain: each decoder block takes the up-convolved channels plus
+    the skip's."""
+    if len(enc_chs) < 2 or len(dec_chs) < 1:
+        raise ValueError(f"enc_chs needs at least 2 entries and dec_chs 1, got {enc_chs} and {dec_chs}")
+    if dec_chs[0] != enc_chs[-1]:
+        raise ValueError(f"dec_chs[0] ({dec_chs[0]}) must equal enc_chs[-1] ({enc_chs[-1]})")
+    stages, depth = len(dec_chs) - 1, len(enc_chs) - 1
+    if stages > depth - 1:
+        raise ValueError(f"{stages} decoder stages need {stages + 1} encoder blocks, enc_chs gives {depth}")
+    for i in range(stages):
+        skip = enc_chs[depth - 1 - i]
+        if dec_chs[i] != dec_chs[i + 1] + skip:
+            raise ValueError(
+                f"decoder stage {i} concatenates {dec_chs[i + 1]} up-convolved channels with a "
+                f"{skip}-channel skip, so dec_chs[{i}] must be {dec_chs[i + 1] + skip}, got {dec_chs[i]}"
+            )
