@@ -36,13 +36,13 @@ def _want_cuda() -> bool:
 def _extension():
     debug = os.environ.get("UNET_FAST_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]
-    cxx = opt + ["-fopenmp", "-std=c++17"]
+    cxx = opt + ["-fopenmp"]
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(extra_link_args=["-fopenmp"])
     if _want_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
         arch = os.environ.get("UNET_FAST_CUDA_ARCH", "80;90").split(";")
-        nvcc = opt + ["-std=c++17"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch]
+        nvcc = (["-O0", "-g", "-lineinfo"] if debug else ["-O3"]) + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in arch]
         return cpp_extension.CUDAExtension(
             "unet_fast._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs
         )
