@@ -1,5 +1,6 @@
-// Device-independent part of crop_concat: argument checks, output allocation and the two
-// strided box copies each direction needs. A backend supplies `copy_box(dst, src)`.
+// Device-independent part of crop_concat: argument checks, output allocation and the strided
+// box copies each direction needs. A backend supplies `copy_box(dst, src, top, left)`: it
+// copies src into the window of dst at (top, left) in H and W and zeroes the rest of dst.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -49,32 +50,26 @@ at::Tensor crop_concat_with(const at::Tensor& up, const at::Tensor& skip, CopyBo
   auto out = at::empty({up.size(0), up_channels + skip.size(1), h, w},
                        up.options().memory_format(output_memory_format(up)));
   const auto window = skip.narrow(2, center_crop_offset(H, h), h).narrow(3, center_crop_offset(W, w), w);
-  copy_box(out.narrow(1, 0, up_channels), up);
-  copy_box(out.narrow(1, up_channels, skip.size(1)), window);
+  copy_box(out.narrow(1, 0, up_channels), up, 0, 0);
+  copy_box(out.narrow(1, up_channels, skip.size(1)), window, 0, 0);
   return out;
 }
 
 template <typename CopyBox>
-std::tuple<at::Tensor, at::Tensor> crop_concat_backward_with(const at::Tensor& grad_out,
-                                                             int64_t up_channels,
-                                                             int64_t skip_height,
-                                                             int64_t skip_width,
-                                                             CopyBox copy_box) {
+at::Tensor crop_concat_backward_with(const at::Tensor& grad_out, int64_t up_channels,
+                                     int64_t skip_height, int64_t skip_width, CopyBox copy_box) {
   TORCH_CHECK(grad_out.dim() == 4, "crop_concat_backward: grad_out must be 4-D");
   const int64_t channels = grad_out.size(1), h = grad_out.size(2), w = grad_out.size(3);
   TORCH_CHECK(0 <= up_channels && up_channels <= channels,
               "crop_concat_backward: up_channels must be in [0, ", channels, "], got ", up_channels);
   TORCH_CHECK(skip_height >= h && skip_width >= w,
               "crop_concat_backward: the skip size must be at least the gradient's");
-  const auto options = grad_out.options().memory_format(output_memory_format(grad_out));
   const int64_t skip_channels = channels - up_channels;
-  auto grad_up = at::empty({grad_out.size(0), up_channels, h, w}, options);
-  auto grad_skip = at::zeros({grad_out.size(0), skip_channels, skip_height, skip_width}, options);
-  copy_box(grad_up, grad_out.narrow(1, 0, up_channels));
-  copy_box(grad_skip.narrow(2, center_crop_offset(skip_height, h), h)
-               .narrow(3, center_crop_offset(skip_width, w), w),
-           grad_out.narrow(1, up_channels, skip_channels));
-  return {grad_up, grad_skip};
+  auto grad_skip = at::empty({grad_out.size(0), skip_channels, skip_height, skip_width},
+                             grad_out.options().memory_format(output_memory_format(grad_out)));
+  copy_box(grad_skip, grad_out.narrow(1, up_channels, skip_channels),
+           center_crop_offset(skip_height, h), center_crop_offset(skip_width, w));
+  return grad_skip;
 }
 
 }  // namespace unet_fast

@@ -14,9 +14,10 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(unet_fast, m) {
   // cat([up, centre_crop(skip, up's H, W)], dim=1)
   m.def("crop_concat(Tensor up, Tensor skip) -> Tensor");
-  // Splits the concatenated gradient into up's part and a skip-sized gradient that is zero
-  // outside the cropped window.
+  // The gradient of skip: the skip channels of grad_out (those from up_channels on) placed
+  // in the cropped window of a skip-sized tensor that is zero elsewhere. up's gradient is a
+  // view of grad_out and needs no kernel.
   m.def(
       "crop_concat_backward(Tensor grad_out, int up_channels, SymInt skip_height, "
-      "SymInt skip_width) -> (Tensor, Tensor)");
+      "SymInt skip_width) -> Tensor");
 }

@@ -1,9 +1,15 @@
 """Test setup: without a GPU, Triton kernels run under the interpreter on CPU tensors. This has
-to happen before unet_fast imports any kernel module, hence at the top of conftest."""
+to happen before unet_fast imports any kernel module, hence at the top of conftest.
+
+torch.compile tests compile afresh: inductor's on-disk caches do not key on a custom op's
+C++ schema, so a cache from an older build could replay stale code."""
 
 import os
 
-import torch
+os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "0"
+os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "0"
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -8,7 +8,12 @@
 # already has the CUDA torch is reused. The repository itself is not written to.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=${1:-$(mktemp -d)}
+if [ -n "${1:-}" ]; then
+  work=$1
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
 python=${PYTHON:-python3.11}
 torch_version=${UNET_FAST_CUDA_TORCH:-2.14.1}
 mkdir -p "$work"

@@ -44,34 +44,26 @@ def crop_concat_forward_kernel(
 
 @triton.jit
 def crop_concat_backward_kernel(
-    grad_ptr, grad_up_ptr, grad_skip_ptr,
-    up_channels, channels, h, w, skip_h, skip_w, top, left, blocks_per_plane,
+    grad_ptr, grad_skip_ptr,
+    up_channels, skip_channels, h, w, skip_h, skip_w, top, left, blocks_per_plane,
     g_sn, g_sc, g_sh, g_sw,
-    gu_sn, gu_sc, gu_sh, gu_sw,
     gs_sn, gs_sc, gs_sh, gs_sw,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     plane = pid // blocks_per_plane
-    n = plane // channels
-    c = plane % channels
+    n = plane // skip_channels
+    c = plane % skip_channels
     offs = (pid % blocks_per_plane) * BLOCK + tl.arange(0, BLOCK)
-    if c < up_channels:
-        mask = offs < h * w
-        y = offs // w
-        x = offs % w
-        value = tl.load(grad_ptr + n * g_sn + c * g_sc + y * g_sh + x * g_sw, mask=mask)
-        tl.store(grad_up_ptr + n * gu_sn + c * gu_sc + y * gu_sh + x * gu_sw, value, mask=mask)
-    else:
-        mask = offs < skip_h * skip_w
-        sy = offs // skip_w
-        sx = offs % skip_w
-        y = sy - top
-        x = sx - left
-        inside = mask & (y >= 0) & (y < h) & (x >= 0) & (x < w)
-        value = tl.load(grad_ptr + n * g_sn + c * g_sc + y * g_sh + x * g_sw, mask=inside, other=0.0)
-        cs = c - up_channels
-        tl.store(grad_skip_ptr + n * gs_sn + cs * gs_sc + sy * gs_sh + sx * gs_sw, value, mask=mask)
+    mask = offs < skip_h * skip_w
+    sy = offs // skip_w
+    sx = offs % skip_w
+    y = sy - top
+    x = sx - left
+    inside = mask & (y >= 0) & (y < h) & (x >= 0) & (x < w)
+    src = grad_ptr + n * g_sn + (c + up_channels) * g_sc + y * g_sh + x * g_sw
+    value = tl.load(src, mask=inside, other=0.0)
+    tl.store(grad_skip_ptr + n * gs_sn + c * gs_sc + sy * gs_sh + sx * gs_sw, value, mask=mask)
 
 
 def crop_concat_forward(up, skip, out, top: int, left: int) -> None:
@@ -88,17 +80,17 @@ def crop_concat_forward(up, skip, out, top: int, left: int) -> None:
     )
 
 
-def crop_concat_backward(grad_out, grad_up, grad_skip, top: int, left: int) -> None:
-    """Splits ``grad_out`` into ``grad_up`` and ``grad_skip`` (zero outside the window)."""
-    n, channels, h, w = grad_out.shape
-    skip_h, skip_w = grad_skip.shape[2:]
-    block = _block_size(max(h * w, skip_h * skip_w))
-    blocks_per_plane = triton.cdiv(max(h * w, skip_h * skip_w), block)
-    grid = (n * channels * blocks_per_plane,)
+def crop_concat_backward(grad_out, grad_skip, top: int, left: int) -> None:
+    """Fills ``grad_skip`` with the skip channels of ``grad_out`` in the (top, left) window and
+    zeros elsewhere."""
+    n, skip_channels, skip_h, skip_w = grad_skip.shape
+    h, w = grad_out.shape[2:]
+    block = _block_size(skip_h * skip_w)
+    blocks_per_plane = triton.cdiv(skip_h * skip_w, block)
+    grid = (n * skip_channels * blocks_per_plane,)
     if grid[0] == 0:
         return
     crop_concat_backward_kernel[grid](
-        grad_out, grad_up, grad_skip, grad_up.shape[1], channels, h, w, skip_h, skip_w,
-        top, left, blocks_per_plane,
-        *grad_out.stride(), *grad_up.stride(), *grad_skip.stride(), BLOCK=block,
+        grad_out, grad_skip, grad_out.shape[1] - skip_channels, skip_channels, h, w, skip_h, skip_w,
+        top, left, blocks_per_plane, *grad_out.stride(), *grad_skip.stride(), BLOCK=block,
     )

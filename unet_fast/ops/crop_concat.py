@@ -65,11 +65,8 @@ def _forward_fake(up, skip):
 
 
 def _backward_fake(grad_out, up_channels, skip_height, skip_width):
-    n, channels, h, w = grad_out.shape
-    return (
-        _empty(grad_out, (n, up_channels, h, w)),
-        _empty(grad_out, (n, channels - up_channels, skip_height, skip_width)),
-    )
+    n, channels = grad_out.shape[:2]
+    return _empty(grad_out, (n, channels - up_channels, skip_height, skip_width))
 
 
 def _setup_forward(ctx, inputs, output):
@@ -78,20 +75,28 @@ def _setup_forward(ctx, inputs, output):
     ctx.skip_size = tuple(skip.shape[2:])
 
 
+def _setup_backward(ctx, inputs, output):
+    grad_out, ctx.up_channels = inputs[:2]
+    ctx.up_shape = (grad_out.shape[0], ctx.up_channels, *grad_out.shape[2:])
+
+
 def _register(forward_op, backward_op) -> None:
-    """Fake impls and autograd for one backend's pair of ops. The backward's own gradient is
+    """Fake impls and autograd for one backend's pair of ops. up's gradient is a view of the
+    incoming gradient (a custom op could only copy it); the backward op's own gradient is
     crop_concat again (the op is linear), so double backward works too."""
 
     def backward(ctx, grad_out):
-        return backward_op(grad_out, ctx.up_channels, *ctx.skip_size)
+        grad_up = grad_out.narrow(1, 0, ctx.up_channels)
+        return grad_up, backward_op(grad_out, ctx.up_channels, *ctx.skip_size)
 
-    def double_backward(ctx, grad_grad_up, grad_grad_skip):
-        return forward_op(grad_grad_up, grad_grad_skip), None, None, None
+    def double_backward(ctx, grad_grad_skip):
+        zeros = grad_grad_skip.new_zeros(ctx.up_shape)
+        return forward_op(zeros, grad_grad_skip), None, None, None
 
     torch.library.register_fake(forward_op)(_forward_fake)
     torch.library.register_fake(backward_op)(_backward_fake)
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_forward)
-    torch.library.register_autograd(backward_op, double_backward, setup_context=lambda ctx, inputs, output: None)
+    torch.library.register_autograd(backward_op, double_backward, setup_context=_setup_backward)
 
 
 @torch.library.custom_op("unet_fast::crop_concat_triton", mutates_args=())
@@ -109,15 +114,15 @@ def _crop_concat_triton(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("unet_fast::crop_concat_triton_backward", mutates_args=())
 def _crop_concat_triton_backward(
     grad_out: torch.Tensor, up_channels: int, skip_height: int, skip_width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     from unet_fast.kernels import crop_concat as kernels
 
-    grad_up, grad_skip = _backward_fake(grad_out, up_channels, skip_height, skip_width)
+    grad_skip = _backward_fake(grad_out, up_channels, skip_height, skip_width)
     h, w = grad_out.shape[2:]
     kernels.crop_concat_backward(
-        grad_out, grad_up, grad_skip, center_crop_offset(skip_height, h), center_crop_offset(skip_width, w)
+        grad_out, grad_skip, center_crop_offset(skip_height, h), center_crop_offset(skip_width, w)
     )
-    return grad_up, grad_skip
+    return grad_skip
 
 
 _register(_crop_concat_triton, _crop_concat_triton_backward)
