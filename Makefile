@@ -17,7 +17,7 @@ test: $(INSTALLED)
 $(INSTALLED): $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet torch==2.13.0 triton==3.7.1 numpy
+	$(BIN)/pip install --quiet torch==2.13.0 triton==3.7.1 numpy scipy
 	$(BIN)/pip install --quiet --no-build-isolation --editable ".[test]"
 	touch $@
 

@@ -20,4 +20,11 @@ TORCH_LIBRARY(unet_fast, m) {
   m.def(
       "crop_concat_backward(Tensor grad_out, int up_channels, SymInt skip_height, "
       "SymInt skip_width) -> Tensor");
+  // The paper's pixel-weighted softmax cross-entropy (definitions in
+  // unet_fast/ops/weighted_cross_entropy.py). Returns the loss and, if compute_grad, its
+  // gradient with respect to logits for grad_output = 1, computed in the same pass.
+  m.def(
+      "weighted_softmax_cross_entropy(Tensor logits, Tensor target, Tensor? weight, "
+      "Tensor? class_weight, int ignore_index, str reduction, bool compute_grad) "
+      "-> (Tensor, Tensor)");
 }

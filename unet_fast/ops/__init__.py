@@ -2,5 +2,6 @@
 
 from unet_fast.ops.backends import available_backends
 from unet_fast.ops.crop_concat import crop_concat
+from unet_fast.ops.weighted_cross_entropy import weighted_softmax_cross_entropy
 
-__all__ = ["available_backends", "crop_concat"]
+__all__ = ["available_backends", "crop_concat", "weighted_softmax_cross_entropy"]

@@ -1,0 +1,137 @@
+"""Triton kernels of the pixel-weighted softmax cross-entropy. One program takes a block of
+pixels with all their classes, computes the loss and (if asked) the gradient for
+grad_output = 1 in the same pass; per-program loss sums are added on the device afterwards,
+in a fixed order. A first, cheap kernel sums the pixel weights for 'mean'. Labels out of
+range give NaN (a GPU kernel cannot raise)."""
+
+import torch
+import triton
+import triton.language as tl
+
+from unet_fast.kernels import INTERPRETED
+
+MAX_CLASSES = 256
+_GPU_TILE = 4096  # classes x pixels per program
+_INTERPRETER_TILE = 1 << 16
+
+
+@triton.jit
+def _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, t_sn, t_sh, t_sw, w_sn, w_sh, w_sw, W,
+                   HAS_WEIGHT: tl.constexpr, HAS_CLASS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    y = p // W
+    x = p % W
+    label = tl.load(t_ptr + n * t_sn + y * t_sh + x * t_sw, mask=mask, other=ignore_index).to(tl.int64)
+    valid = mask & (label != ignore_index)
+    v = tl.where(valid, 1.0, 0.0).to(ACC)
+    if HAS_WEIGHT:
+        v *= tl.load(w_ptr + n * w_sn + y * w_sh + x * w_sw, mask=valid, other=0.0).to(ACC)
+    if HAS_CLASS_WEIGHT:
+        v *= tl.load(cw_ptr + tl.where(valid, label, 0), mask=valid, other=0.0).to(ACC)
+    return label, valid, v
+
+
+@triton.jit
+def weight_sum_kernel(
+    t_ptr, w_ptr, cw_ptr, partial_ptr, ignore_index, HW, W, blocks_per_image,
+    t_sn, t_sh, t_sw, w_sn, w_sh, w_sw,
+    BLOCK_P: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_CLASS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = (pid // blocks_per_image).to(tl.int64)
+    p = (pid % blocks_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = p < HW
+    _, _, v = _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, t_sn, t_sh, t_sw,
+                             w_sn, w_sh, w_sw, W, HAS_WEIGHT, HAS_CLASS_WEIGHT, ACC)
+    tl.store(partial_ptr + pid, tl.sum(v, axis=0))
+
+
+@triton.jit
+def forward_kernel(
+    z_ptr, t_ptr, w_ptr, cw_ptr, denom_ptr, loss_ptr, grad_ptr, partial_ptr,
+    ignore_index, C, HW, W, blocks_per_image,
+    z_sn, z_sc, z_sh, z_sw, t_sn, t_sh, t_sw, w_sn, w_sh, w_sw,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_CLASS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, PER_PIXEL: tl.constexpr, GRAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = (pid // blocks_per_image).to(tl.int64)
+    p = (pid % blocks_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.arange(0, BLOCK_C)
+    mask = p < HW
+    tile_mask = (c[:, None] < C) & mask[None, :]
+    y = p // W
+    x = p % W
+    z = tl.load(z_ptr + n * z_sn + c[:, None] * z_sc + (y * z_sh + x * z_sw)[None, :], mask=tile_mask,
+                other=-float("inf")).to(ACC)
+    label, valid, v = _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, t_sn, t_sh, t_sw,
+                                     w_sn, w_sh, w_sw, W, HAS_WEIGHT, HAS_CLASS_WEIGHT, ACC)
+    in_range = (label >= 0) & (label < C)
+    zmax = tl.max(z, axis=0)
+    e = tl.exp(z - zmax[None, :])
+    total = tl.sum(e, axis=0)
+    is_target = c[:, None] == label[None, :]
+    z_target = tl.sum(tl.where(is_target, z, 0.0), axis=0)
+    bad = valid & ~in_range
+    # (max - z_t) + log(sum) rather than logsumexp - z_t: no cancellation of large numbers.
+    loss = tl.where(valid, v * ((zmax - z_target) + tl.log(total)), 0.0)
+    loss = tl.where(bad, float("nan"), loss)
+    if PER_PIXEL:
+        tl.store(loss_ptr + n * HW + p, loss, mask=mask)
+    else:
+        tl.store(partial_ptr + pid, tl.sum(loss, axis=0))
+    if GRAD:
+        scale = v
+        if MEAN:
+            scale = v / tl.load(denom_ptr).to(ACC)
+        grad = (e / total[None, :] - tl.where(is_target, 1.0, 0.0)) * scale[None, :]
+        grad = tl.where(bad[None, :], float("nan"), grad)
+        grad_offsets = n * C * HW + c[:, None] * HW + p[None, :]
+        tl.store(grad_ptr + grad_offsets, grad, mask=tile_mask)
+
+
+def _tiles(classes: int, hw: int) -> tuple[int, int]:
+    block_c = triton.next_power_of_2(classes)
+    tile = _INTERPRETER_TILE if INTERPRETED else _GPU_TILE
+    block_p = max(16, min(tile // block_c, triton.next_power_of_2(hw)))
+    return block_c, block_p
+
+
+def weighted_softmax_cross_entropy(logits, target, weight, class_weight, ignore_index, reduction, compute_grad):
+    """Launches the kernels; returns (loss, gradient for grad_output = 1 or an empty tensor)."""
+    n, classes, h, w = logits.shape
+    if classes > MAX_CLASSES:
+        raise ValueError(f"the Triton kernel takes at most {MAX_CLASSES} classes, got {classes}")
+    hw = h * w
+    block_c, block_p = _tiles(classes, hw)
+    blocks_per_image = triton.cdiv(hw, block_p)
+    grid = (n * blocks_per_image,)
+    device = logits.device
+    acc_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    loss = torch.empty((n, h, w) if reduction == "none" else (), device=device, dtype=acc_dtype)
+    grad = torch.empty(logits.shape if compute_grad else (0,), device=device, dtype=logits.dtype)
+    if grid[0] == 0:
+        return loss.fill_(0.0 if reduction == "sum" else float("nan")).to(logits.dtype), grad
+    w_arg = weight if weight is not None else target
+    cw_arg = class_weight if class_weight is not None else logits
+    w_strides = weight.stride() if weight is not None else (0, 0, 0)
+    flags = dict(HAS_WEIGHT=weight is not None, HAS_CLASS_WEIGHT=class_weight is not None)
+    acc = tl.float64 if acc_dtype == torch.float64 else tl.float32
+    denom = torch.ones((), device=device, dtype=acc_dtype)
+    if reduction == "mean":
+        weight_partials = torch.empty(grid[0], device=device, dtype=acc_dtype)
+        weight_sum_kernel[grid](target, w_arg, cw_arg, weight_partials, ignore_index, hw, w, blocks_per_image,
+                                *target.stride(), *w_strides, BLOCK_P=block_p, ACC=acc, **flags)
+        denom = weight_partials.sum()
+    partials = torch.empty(grid[0], device=device, dtype=acc_dtype)
+    forward_kernel[grid](
+        logits, target, w_arg, cw_arg, denom, loss, grad, partials, ignore_index, classes, hw, w,
+        blocks_per_image, *logits.stride(), *target.stride(), *w_strides,
+        BLOCK_C=block_c, BLOCK_P=block_p, MEAN=reduction == "mean", PER_PIXEL=reduction == "none",
+        GRAD=compute_grad, ACC=acc, **flags,
+    )
+    if reduction != "none":
+        loss = partials.sum()
+        if reduction == "mean":
+            loss = loss / denom
+    return loss.to(logits.dtype), grad
