@@ -19,12 +19,12 @@ torch_version=${UNET_FAST_CUDA_TORCH:-2.14.1}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
-if ! "$work/venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version' or torch.version.cuda is None)" 2>/dev/null; then
+if ! "$work/venv/bin/python" -c "import scipy, torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version' or torch.version.cuda is None)" 2>/dev/null; then
   echo "== scratch environment with torch $torch_version (CUDA build) in $work/venv"
   rm -rf "$work/venv"
   "$python" -m venv "$work/venv"
   "$work/venv/bin/pip" install --quiet --upgrade pip setuptools wheel
-  "$work/venv/bin/pip" install --quiet "torch==$torch_version" numpy ninja
+  "$work/venv/bin/pip" install --quiet "torch==$torch_version" numpy scipy ninja
 fi
 venv_python="$work/venv/bin/python"
 site=$("$venv_python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
