@@ -38,6 +38,20 @@ inline void check_weighted_cross_entropy_args(const at::Tensor& logits, const at
   }
 }
 
+// Inputs as the kernels read them: contiguous logits and labels, float32 weights.
+struct WeightedCrossEntropyInputs {
+  at::Tensor logits, target, weight, class_weight;  // weight, class_weight: undefined if absent
+};
+
+inline WeightedCrossEntropyInputs prepare_weighted_cross_entropy_inputs(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& class_weight, at::ScalarType target_type) {
+  check_weighted_cross_entropy_args(logits, target, weight, class_weight);
+  return {logits.contiguous(), target.to(target_type).contiguous(),
+          weight ? weight->to(at::kFloat).contiguous() : at::Tensor(),
+          class_weight ? class_weight->to(at::kFloat).contiguous() : at::Tensor()};
+}
+
 // The loss (N, H, W) or a scalar, and the gradient for grad_output = 1 (empty unless asked).
 inline std::tuple<at::Tensor, at::Tensor> allocate_weighted_cross_entropy_outputs(
     const at::Tensor& logits, Reduction reduction, bool compute_grad) {

@@ -135,12 +135,8 @@ std::tuple<at::Tensor, at::Tensor> weighted_softmax_cross_entropy_cpu(
     const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& class_weight_in,
     int64_t ignore_index, c10::string_view reduction_name, bool compute_grad) {
   const Reduction reduction = parse_reduction(reduction_name);
-  check_weighted_cross_entropy_args(logits_in, target_in, weight_in, class_weight_in);
-  const at::Tensor logits = logits_in.contiguous();
-  const at::Tensor target = target_in.contiguous();
-  const at::Tensor weight = weight_in ? weight_in->to(at::kFloat).contiguous() : at::Tensor();
-  const at::Tensor class_weight =
-      class_weight_in ? class_weight_in->to(at::kFloat).contiguous() : at::Tensor();
+  const auto [logits, target, weight, class_weight] = prepare_weighted_cross_entropy_inputs(
+      logits_in, target_in, weight_in, class_weight_in, target_in.scalar_type());
   auto [loss, grad] = allocate_weighted_cross_entropy_outputs(logits, reduction, compute_grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "wce_cpu", [&] {
     using scalar_t_ = scalar_t;

@@ -30,13 +30,9 @@ std::tuple<at::Tensor, at::Tensor> weighted_softmax_cross_entropy_cuda(
     const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& class_weight_in,
     int64_t ignore_index, c10::string_view reduction_name, bool compute_grad) {
   const Reduction reduction = parse_reduction(reduction_name);
-  check_weighted_cross_entropy_args(logits_in, target_in, weight_in, class_weight_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  const at::Tensor logits = logits_in.contiguous();
-  const at::Tensor target = target_in.to(at::kLong).contiguous();
-  const at::Tensor weight = weight_in ? weight_in->to(at::kFloat).contiguous() : at::Tensor();
-  const at::Tensor class_weight =
-      class_weight_in ? class_weight_in->to(at::kFloat).contiguous() : at::Tensor();
+  const auto [logits, target, weight, class_weight] = prepare_weighted_cross_entropy_inputs(
+      logits_in, target_in, weight_in, class_weight_in, at::kLong);
   auto [loss, grad] = allocate_weighted_cross_entropy_outputs(logits, reduction, compute_grad);
   const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto pixel_options = logits.options().dtype(acc);
