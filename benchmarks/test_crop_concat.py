@@ -7,7 +7,7 @@ import torch
 import unet_fast
 from unet_fast.ops import available_backends
 
-from conftest import DEVICE, synchronize
+from conftest import DEVICE, peak_memory_mb, synchronize
 
 
 @pytest.mark.parametrize("backend", [b for b in available_backends("crop_concat", DEVICE) if b != "triton" or DEVICE.type == "cuda"])
@@ -23,8 +23,5 @@ def test_crop_concat_forward_backward(benchmark, backend, device):
         synchronize()
 
     benchmark.group = "crop_concat forward+backward, 572 dec4 join"
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
     benchmark(step)
-    if device.type == "cuda":
-        benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -186,6 +186,21 @@ def test_module_wraps_the_op():
     assert "class_weight" in dict(loss.named_buffers())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_can_run_twice_and_unit_grad_is_not_copied(backend, device):
+    logits, target, weight, _ = make(device=device)
+    hidden = logits.clone().requires_grad_()
+    seen = []
+    hidden.register_hook(seen.append)
+    loss = unet_fast.weighted_softmax_cross_entropy(hidden, target, weight, backend=backend)
+    loss.backward(retain_graph=True)
+    loss.backward(torch.tensor(2.0, device=device))
+    torch.testing.assert_close(seen[1], 2 * seen[0])
+    reference_logits = logits.clone().requires_grad_()
+    composite(reference_logits, target, weight, None, -100, "mean").backward()
+    torch.testing.assert_close(seen[0], reference_logits.grad, **TOL[torch.float32])
+
+
 @pytest.mark.parametrize(
     "change,error,match",
     [

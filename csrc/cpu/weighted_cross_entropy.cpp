@@ -1,15 +1,18 @@
 // CPU kernel of the pixel-weighted softmax cross-entropy: one pass over the logits computes
 // the loss and the gradient (for grad_output = 1) together, in blocks of pixels that stay in
 // cache while the channels are swept; a cheap first pass over the labels finds the mean's
-// denominator. Loss partial sums are added in a fixed order, so results do not depend on the
-// thread count.
+// denominator. Every loop is branch-free so it vectorises, and the block functions are built
+// for AVX-512, AVX2 and baseline x86-64, chosen at load time. Loss partial sums are added in
+// a fixed order, so results do not depend on the thread count.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../common/fast_math.h"
@@ -19,35 +22,121 @@
 namespace unet_fast {
 namespace {
 
-constexpr int64_t kBlock = 256;  // pixels per block
+constexpr int64_t kBlock = 1024;  // pixels per block
 
-template <typename label_t>
-double total_weight(const label_t* target, const float* weight, const float* class_weight,
-                    int64_t pixels, int64_t ignore_index, int64_t classes) {
-  const int64_t blocks = (pixels + kBlock - 1) / kBlock;
-  std::vector<double> partial(blocks, 0.0);
-  std::atomic<int64_t> bad_pixel{-1};
-  at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      double sum = 0.0;
-      for (int64_t i = b * kBlock, stop = std::min(pixels, i + kBlock); i < stop; ++i) {
-        const int64_t label = int64_t(target[i]);
-        if (!label_is_valid(label, ignore_index, classes)) {
-          bad_pixel.store(i);
-          continue;
-        }
-        sum += pixel_weight<double>(label, ignore_index, weight, i, class_weight);
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define UNET_FAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define UNET_FAST_CPU_CLONES
+#endif
+
+// x where keep, else +0, by bit mask: a select the vectoriser takes even when x came from
+// arithmetic, and one that does not turn 0 * NaN into NaN.
+template <typename T>
+inline T keep_or_zero(bool keep, T x) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  bits &= Bits(0) - Bits(keep);
+  std::memcpy(&x, &bits, sizeof bits);
+  return x;
+}
+
+struct BlockArgs {
+  int64_t count, classes, hw, ignore_index;
+  const float* weight;        // this block's pixel weights, or null
+  const float* class_weight;  // (C,), or null
+};
+
+// Labels of a block as int32 (-1 where ignored) and each pixel's total weight v (0 where
+// ignored). Returns false if a label is neither in [0, C) nor ignore_index.
+template <typename label_t, typename acc_t>
+UNET_FAST_CPU_CLONES bool block_labels(const BlockArgs& a, const label_t* target, int32_t* label,
+                                       acc_t* v) {
+  int32_t bad = 0;
+  for (int64_t p = 0; p < a.count; ++p) {
+    const int64_t l = int64_t(target[p]);
+    const bool ignored = l == a.ignore_index;
+    bad |= int32_t(!ignored & ((l < 0) | (l >= a.classes)));
+    label[p] = ignored ? int32_t(-1) : int32_t(l);
+  }
+  for (int64_t p = 0; p < a.count; ++p) v[p] = label[p] >= 0 ? acc_t(1) : acc_t(0);
+  if (a.weight) {
+    for (int64_t p = 0; p < a.count; ++p) v[p] *= acc_t(a.weight[p]);
+  }
+  if (a.class_weight) {
+    acc_t chosen[kBlock];
+    std::fill_n(chosen, a.count, acc_t(0));
+    for (int64_t c = 0; c < a.classes; ++c) {
+      const acc_t cw = acc_t(a.class_weight[c]);
+      for (int64_t p = 0; p < a.count; ++p) chosen[p] = label[p] == c ? cw : chosen[p];
+    }
+    for (int64_t p = 0; p < a.count; ++p) v[p] *= chosen[p];
+  }
+  return bad == 0;
+}
+
+// Loss (summed, and per pixel into loss_map if set) and gradient (into grad if set) of one
+// block of pixels; `scale` multiplies the gradient (1 / sum v for 'mean').
+// `shifted` has room for classes x kBlock values: exp(z - max), kept for the gradient.
+template <typename scalar_t, typename acc_t>
+UNET_FAST_CPU_CLONES acc_t block_loss(const BlockArgs& a, const scalar_t* z, const int32_t* label,
+                                      const acc_t* v, acc_t scale, scalar_t* loss_map,
+                                      scalar_t* grad, acc_t* shifted) {
+  acc_t max[kBlock], sum[kBlock], z_target[kBlock], loss[kBlock];
+  const int64_t n = a.count, hw = a.hw;
+  std::fill_n(max, n, -std::numeric_limits<acc_t>::infinity());
+  std::fill_n(z_target, n, acc_t(0));
+  for (int64_t c = 0; c < a.classes; ++c) {
+    for (int64_t p = 0; p < n; ++p) {
+      const acc_t x = acc_t(z[c * hw + p]);
+      max[p] = max_keep_nan(max[p], x);
+      z_target[p] = label[p] == c ? x : z_target[p];
+    }
+  }
+  std::fill_n(sum, n, acc_t(0));
+  for (int64_t c = 0; c < a.classes; ++c) {
+    acc_t* e = shifted + c * kBlock;
+    for (int64_t p = 0; p < n; ++p) {
+      e[p] = exp_nonpositive(acc_t(z[c * hw + p]) - max[p]);
+      sum[p] += e[p];
+    }
+  }
+  acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t p = 0; p < n; ++p) {
+    // (max - z_t) + log sum rather than logsumexp - z_t: no cancellation of large numbers.
+    loss[p] = keep_or_zero(label[p] >= 0, v[p] * ((max[p] - z_target[p]) + log_at_least_one(sum[p])));
+    total += loss[p];
+  }
+  if (loss_map) {
+    for (int64_t p = 0; p < n; ++p) loss_map[p] = scalar_t(loss[p]);
+  }
+  if (grad) {
+    for (int64_t p = 0; p < n; ++p) {
+      sum[p] = acc_t(1) / sum[p];  // now 1 / sum
+      loss[p] = v[p] * scale;      // now the gradient scale
+    }
+    for (int64_t c = 0; c < a.classes; ++c) {
+      const acc_t* e = shifted + c * kBlock;
+      for (int64_t p = 0; p < n; ++p) {
+        grad[c * hw + p] = scalar_t(softmax_grad(e[p], sum[p], label[p] == c, loss[p]));
       }
-      partial[b] = sum;
+    }
+  }
+  return total;
+}
+
+// Calls fn(image, first pixel, pixel count, block index) for every block, in parallel.
+template <typename Fn>
+void for_each_block(int64_t images, int64_t hw, Fn fn) {
+  const int64_t blocks_per_image = (hw + kBlock - 1) / kBlock;
+  at::parallel_for(0, images * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t image = b / blocks_per_image, first = (b % blocks_per_image) * kBlock;
+      fn(image, first, std::min(kBlock, hw - first), b);
     }
   });
-  const int64_t bad = bad_pixel.load();
-  TORCH_CHECK(bad < 0, "weighted_softmax_cross_entropy: target holds label ", int64_t(target[bad]),
-              " at flat pixel ", bad, "; labels must be in [0, ", classes, ") or ignore_index (",
-              ignore_index, ")");
-  double sum = 0.0;
-  for (double p : partial) sum += p;
-  return sum;
 }
 
 template <typename scalar_t, typename label_t>
@@ -55,78 +144,60 @@ void forward_typed(const at::Tensor& logits, const at::Tensor& target, const flo
                    const float* class_weight, int64_t ignore_index, Reduction reduction,
                    at::Tensor& loss, at::Tensor& grad) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n_images = logits.size(0), classes = logits.size(1);
+  const int64_t images = logits.size(0), classes = logits.size(1);
   const int64_t hw = logits.size(2) * logits.size(3);
   const scalar_t* z = logits.const_data_ptr<scalar_t>();
   const label_t* labels = target.const_data_ptr<label_t>();
-  const bool want_grad = grad.defined() && grad.numel() > 0;
-  scalar_t* g = want_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* g = grad.numel() > 0 ? grad.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* loss_map = reduction == Reduction::kNone ? loss.mutable_data_ptr<scalar_t>() : nullptr;
+  const int64_t blocks = images * ((hw + kBlock - 1) / kBlock);
+  const auto args_for = [&](int64_t image, int64_t first, int64_t count) {
+    return BlockArgs{count, classes, hw, ignore_index,
+                     weight ? weight + image * hw + first : nullptr, class_weight};
+  };
 
-  const double weight_sum =
-      total_weight(labels, weight, class_weight, n_images * hw, ignore_index, classes);
+  // Pass 1, labels and weights only: validity and the mean's denominator.
+  std::vector<double> weight_partial(blocks, 0.0);
+  std::atomic<bool> all_valid{true};
+  for_each_block(images, hw, [&](int64_t image, int64_t first, int64_t count, int64_t b) {
+    int32_t label[kBlock];
+    acc_t v[kBlock];
+    if (!block_labels(args_for(image, first, count), labels + image * hw + first, label, v)) {
+      all_valid.store(false);
+    }
+    acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t p = 0; p < count; ++p) sum += v[p];
+    weight_partial[b] = double(sum);
+  });
+  if (!all_valid.load()) {
+    const at::Tensor bad = target.ne(ignore_index).logical_and(target.lt(0).logical_or(target.ge(classes)));
+    const int64_t value = target.masked_select(bad).flatten()[0].item<int64_t>();
+    TORCH_CHECK(false, "weighted_softmax_cross_entropy: target holds label ", value,
+                "; labels must be in [0, ", classes, ") or ignore_index (", ignore_index, ")");
+  }
+  double weight_sum = 0.0;
+  for (double p : weight_partial) weight_sum += p;
   const acc_t scale = reduction == Reduction::kMean ? acc_t(1.0 / weight_sum) : acc_t(1);
 
-  const int64_t blocks_per_image = (hw + kBlock - 1) / kBlock;
-  const int64_t blocks = n_images * blocks_per_image;
-  std::vector<double> partial(blocks, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    // Per block: exp(z - max) for every class, then per pixel max, sum, label, 1/sum and the
-    // gradient scale. The math loops are branch-free so they vectorise; labels are handled in
-    // one scalar pass per pixel.
-    std::vector<acc_t> shifted(classes * kBlock);
-    acc_t max[kBlock], sum[kBlock], inv_sum[kBlock], grad_scale[kBlock];
-    int64_t label[kBlock];
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t image = b / blocks_per_image;
-      const int64_t first = (b % blocks_per_image) * kBlock;
-      const int64_t count = std::min(kBlock, hw - first);
-      const scalar_t* zb = z + image * classes * hw + first;
-      const label_t* tb = labels + image * hw + first;
-      std::fill_n(max, count, -std::numeric_limits<acc_t>::infinity());
-      for (int64_t c = 0; c < classes; ++c) {
-        for (int64_t p = 0; p < count; ++p) max[p] = max_keep_nan(max[p], acc_t(zb[c * hw + p]));
-      }
-      std::fill_n(sum, count, acc_t(0));
-      for (int64_t c = 0; c < classes; ++c) {
-        acc_t* e = shifted.data() + c * kBlock;
-        for (int64_t p = 0; p < count; ++p) {
-          e[p] = exp_nonpositive(acc_t(zb[c * hw + p]) - max[p]);
-          sum[p] += e[p];
-        }
-      }
-      for (int64_t p = 0; p < count; ++p) {
-        inv_sum[p] = acc_t(1) / sum[p];
-        sum[p] = log_at_least_one(sum[p]);  // now log sum: ce = (max - z_t) + log sum, no cancellation
-      }
-      double block_loss = 0.0;
-      for (int64_t p = 0; p < count; ++p) {
-        const int64_t pixel = image * hw + first + p;
-        label[p] = int64_t(tb[p]);
-        const bool ignored = label[p] == ignore_index;
-        const acc_t v = pixel_weight<acc_t>(label[p], ignore_index, weight, pixel, class_weight);
-        const acc_t loss_p =
-            ignored ? acc_t(0) : v * ((max[p] - acc_t(zb[label[p] * hw + p])) + sum[p]);
-        if (loss_map) loss_map[pixel] = scalar_t(loss_p);
-        block_loss += double(loss_p);
-        grad_scale[p] = ignored ? acc_t(0) : v * scale;
-      }
-      partial[b] = block_loss;
-      if (!g) continue;
-      scalar_t* gb = g + image * classes * hw + first;
-      for (int64_t c = 0; c < classes; ++c) {
-        const acc_t* e = shifted.data() + c * kBlock;
-        for (int64_t p = 0; p < count; ++p) {
-          gb[c * hw + p] = scalar_t(softmax_grad(e[p], inv_sum[p], label[p] == c, grad_scale[p]));
-        }
-      }
-    }
+  // Pass 2: the logits, once.
+  std::vector<double> loss_partial(blocks, 0.0);
+  for_each_block(images, hw, [&](int64_t image, int64_t first, int64_t count, int64_t b) {
+    int32_t label[kBlock];
+    acc_t v[kBlock];
+    const BlockArgs args = args_for(image, first, count);
+    block_labels(args, labels + image * hw + first, label, v);
+    const int64_t offset = image * classes * hw + first;
+    thread_local std::vector<acc_t> shifted;
+    shifted.resize(classes * kBlock);
+    loss_partial[b] = double(block_loss(args, z + offset, label, v, scale,
+                                        loss_map ? loss_map + image * hw + first : nullptr,
+                                        g ? g + offset : nullptr, shifted.data()));
   });
   if (reduction != Reduction::kNone) {
     double total = 0.0;
-    for (double p : partial) total += p;
-    if (reduction == Reduction::kMean) total /= weight_sum;
-    loss.fill_(total);
+    for (double p : loss_partial) total += p;
+    loss.fill_(reduction == Reduction::kMean ? total / weight_sum : total);
   }
 }
 

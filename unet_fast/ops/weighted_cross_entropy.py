@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import is_fake
 
 from unet_fast.ops import backends
 from unet_fast.ops._checks import FLOATING_DTYPES, check_tensor
@@ -126,9 +127,16 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _):
-    """The gradient was computed in the forward for grad_output = 1; only scale it."""
-    scale = grad_loss.unsqueeze(1) if ctx.reduction == "none" else grad_loss
-    return ctx.grad_logits * scale, None, None, None, None, None, None
+    """The gradient was computed in the forward for grad_output = 1: for ``loss.backward()`` it
+    is returned as it is, with no second N x C x H x W tensor (it is never modified, so
+    backward can run again); other grad_outputs scale it."""
+    grad = ctx.grad_logits
+    if ctx.reduction == "none":
+        return grad * grad_loss.unsqueeze(1), None, None, None, None, None, None
+    if not (torch.compiler.is_compiling() or is_fake(grad_loss)) and grad_loss.device.type == "cpu":
+        if grad_loss.item() == 1.0:
+            return grad, None, None, None, None, None, None
+    return grad * grad_loss, None, None, None, None, None, None
 
 
 def _register(op) -> None:
