@@ -94,3 +94,14 @@ def crop_concat_backward(grad_out, grad_skip, top: int, left: int) -> None:
         grad_out, grad_skip, grad_out.shape[1] - skip_channels, skip_channels, h, w, skip_h, skip_w,
         top, left, blocks_per_plane, *grad_out.stride(), *grad_skip.stride(), BLOCK=block,
     )
+
+
+def aot_configurations():
+    """(kernel, signature, constexprs) of every configuration the launchers above use on a GPU,
+    for ahead-of-time compilation (unet_fast.kernels.aot)."""
+    for dtype in ("fp32", "bf16"):
+        for kernel, pointers in ((crop_concat_forward_kernel, 3), (crop_concat_backward_kernel, 2)):
+            names = kernel.arg_names
+            signature = {name: f"*{dtype}" if i < pointers else "i64" for i, name in enumerate(names)}
+            signature["BLOCK"] = "constexpr"
+            yield kernel, signature, {"BLOCK": _GPU_BLOCK}

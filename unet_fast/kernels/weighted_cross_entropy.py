@@ -11,7 +11,8 @@ import triton.language as tl
 from unet_fast.kernels import INTERPRETED
 
 MAX_CLASSES = 256
-_GPU_TILE = 4096  # classes x pixels per program
+_GPU_TILE = 4096  # classes x pixels per program (checked free of spills by unet_fast.kernels.aot)
+_GPU_MAX_PIXELS = 1024  # 2 classes x 2048 pixels spills on sm_90
 _INTERPRETER_TILE = 1 << 16
 
 
@@ -92,9 +93,9 @@ def forward_kernel(
 
 def _tiles(classes: int, hw: int) -> tuple[int, int]:
     block_c = triton.next_power_of_2(classes)
-    tile = _INTERPRETER_TILE if INTERPRETED else _GPU_TILE
-    block_p = max(16, min(tile // block_c, triton.next_power_of_2(hw)))
-    return block_c, block_p
+    if INTERPRETED:
+        return block_c, max(16, min(_INTERPRETER_TILE // block_c, triton.next_power_of_2(hw)))
+    return block_c, max(16, min(_GPU_TILE // block_c, _GPU_MAX_PIXELS, triton.next_power_of_2(hw)))
 
 
 def weighted_softmax_cross_entropy(logits, target, weight, class_weight, ignore_index, reduction, compute_grad):
@@ -135,3 +136,23 @@ def weighted_softmax_cross_entropy(logits, target, weight, class_weight, ignore_
         if reduction == "mean":
             loss = loss / denom
     return loss.to(logits.dtype), grad
+
+
+def aot_configurations():
+    """(kernel, signature, constexprs) of the configurations the launcher uses on a GPU for a
+    range of class counts, for ahead-of-time compilation (unet_fast.kernels.aot)."""
+    flags = {"HAS_WEIGHT": True, "HAS_CLASS_WEIGHT": True, "ACC": tl.float32}
+    label_pointers = {"t_ptr": "*i64", "w_ptr": "*fp32", "cw_ptr": "*fp32"}
+    signature = {name: "i64" for name in weight_sum_kernel.arg_names}
+    signature.update(label_pointers, partial_ptr="*fp32", BLOCK_P="constexpr")
+    signature.update({name: "constexpr" for name in flags})
+    yield weight_sum_kernel, signature, {"BLOCK_P": 1024, **flags}
+    for dtype in ("fp32", "bf16"):
+        for classes in (2, 64, MAX_CLASSES):
+            block_c, block_p = _tiles(classes, 1 << 20)
+            signature = {name: "i64" for name in forward_kernel.arg_names}
+            signature.update(label_pointers, z_ptr=f"*{dtype}", grad_ptr=f"*{dtype}", denom_ptr="*fp32",
+                             loss_ptr="*fp32", partial_ptr="*fp32")
+            constexprs = {"BLOCK_C": block_c, "BLOCK_P": block_p, "MEAN": True, "PER_PIXEL": False, "GRAD": True, **flags}
+            signature.update({name: "constexpr" for name in constexprs})
+            yield forward_kernel, signature, constexprs
