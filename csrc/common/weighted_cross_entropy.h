@@ -32,11 +32,12 @@ UNET_FAST_HOST_DEVICE inline T max_keep_nan(T a, T b) {
   return ((b > a) | (b != b)) ? b : a;
 }
 
-// Gradient entry for class c: (softmax_c - [c == t]) * scale, given exp(z_c - max) and the
-// reciprocal of sum_c exp(z_c - max).
+// Gradient entry for class c: (softmax_c - [c == t]) * scale, given exp(z_c - max), the
+// reciprocal of sum_c exp(z_c - max) and the one-hot value [c == t] (1 or 0; a number rather
+// than a bool, whose conversion stops the CPU loops from vectorising).
 template <typename T>
-UNET_FAST_HOST_DEVICE inline T softmax_grad(T exp_shifted, T inv_sum, bool is_target, T scale) {
-  return (exp_shifted * inv_sum - T(is_target)) * scale;
+UNET_FAST_HOST_DEVICE inline T softmax_grad(T exp_shifted, T inv_sum, T one_hot, T scale) {
+  return (exp_shifted * inv_sum - one_hot) * scale;
 }
 
 }  // namespace unet_fast

@@ -78,27 +78,32 @@ UNET_FAST_CPU_CLONES bool block_labels(const BlockArgs& a, const label_t* target
 
 // Loss (summed, and per pixel into loss_map if set) and gradient (into grad if set) of one
 // block of pixels; `scale` multiplies the gradient (1 / sum v for 'mean').
-// `shifted` has room for classes x kBlock values: exp(z - max), kept for the gradient.
+// `shifted` has room for classes x kBlock values: exp(z - max), kept for the gradient. Pointers
+// are __restrict and rows are indexed per class so that every loop vectorises.
 template <typename scalar_t, typename acc_t>
-UNET_FAST_CPU_CLONES acc_t block_loss(const BlockArgs& a, const scalar_t* z, const int32_t* label,
-                                      const acc_t* v, acc_t scale, scalar_t* loss_map,
-                                      scalar_t* grad, acc_t* shifted) {
+UNET_FAST_CPU_CLONES acc_t block_loss(const BlockArgs& a, const scalar_t* __restrict z,
+                                      const int32_t* __restrict label, const acc_t* __restrict v,
+                                      acc_t scale, scalar_t* __restrict loss_map,
+                                      scalar_t* __restrict grad, acc_t* __restrict shifted) {
   acc_t max[kBlock], sum[kBlock], z_target[kBlock], loss[kBlock];
   const int64_t n = a.count, hw = a.hw;
+  const int32_t classes = int32_t(a.classes);
   std::fill_n(max, n, -std::numeric_limits<acc_t>::infinity());
   std::fill_n(z_target, n, acc_t(0));
-  for (int64_t c = 0; c < a.classes; ++c) {
+  for (int32_t c = 0; c < classes; ++c) {
+    const scalar_t* __restrict zc = z + c * hw;
     for (int64_t p = 0; p < n; ++p) {
-      const acc_t x = acc_t(z[c * hw + p]);
+      const acc_t x = acc_t(zc[p]);
       max[p] = max_keep_nan(max[p], x);
       z_target[p] = label[p] == c ? x : z_target[p];
     }
   }
   std::fill_n(sum, n, acc_t(0));
-  for (int64_t c = 0; c < a.classes; ++c) {
-    acc_t* e = shifted + c * kBlock;
+  for (int32_t c = 0; c < classes; ++c) {
+    const scalar_t* __restrict zc = z + c * hw;
+    acc_t* __restrict e = shifted + c * kBlock;
     for (int64_t p = 0; p < n; ++p) {
-      e[p] = exp_nonpositive(acc_t(z[c * hw + p]) - max[p]);
+      e[p] = exp_nonpositive(acc_t(zc[p]) - max[p]);
       sum[p] += e[p];
     }
   }
@@ -117,10 +122,11 @@ UNET_FAST_CPU_CLONES acc_t block_loss(const BlockArgs& a, const scalar_t* z, con
       sum[p] = acc_t(1) / sum[p];  // now 1 / sum
       loss[p] = v[p] * scale;      // now the gradient scale
     }
-    for (int64_t c = 0; c < a.classes; ++c) {
-      const acc_t* e = shifted + c * kBlock;
+    for (int32_t c = 0; c < classes; ++c) {
+      const acc_t* __restrict e = shifted + c * kBlock;
+      scalar_t* __restrict gc = grad + c * hw;
       for (int64_t p = 0; p < n; ++p) {
-        grad[c * hw + p] = scalar_t(softmax_grad(e[p], sum[p], label[p] == c, loss[p]));
+        gc[p] = scalar_t(softmax_grad(e[p], sum[p], label[p] == c ? acc_t(1) : acc_t(0), loss[p]));
       }
     }
   }

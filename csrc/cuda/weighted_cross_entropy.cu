@@ -63,7 +63,8 @@ __global__ void weighted_cross_entropy_kernel(WeightedCrossEntropyLaunch args) {
     scalar_t* g = grad + image * classes * hw + p;
     for (int64_t c = 0; c < classes; ++c) {
       g[c * hw] = narrow_to<scalar_t>(
-          softmax_grad(exp(widen<acc_t>(z[c * hw]) - max), inv_sum, c == label, scale));
+          softmax_grad(exp(widen<acc_t>(z[c * hw]) - max), inv_sum,
+                       c == label ? acc_t(1) : acc_t(0), scale));
     }
   }
 }
