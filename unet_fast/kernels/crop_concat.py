@@ -18,6 +18,16 @@ def _block_size(plane_numel: int) -> int:
 
 
 @triton.jit
+def _plane_block(channels, width, plane_size, blocks_per_plane, BLOCK: tl.constexpr):
+    """This program's image n, channel c and block of pixels (y, x) of one plane, with the mask
+    of those inside the plane."""
+    pid = tl.program_id(0).to(tl.int64)
+    plane = pid // blocks_per_plane
+    offs = (pid % blocks_per_plane) * BLOCK + tl.arange(0, BLOCK)
+    return plane // channels, plane % channels, offs // width, offs % width, offs < plane_size
+
+
+@triton.jit
 def crop_concat_forward_kernel(
     up_ptr, skip_ptr, out_ptr,
     up_channels, channels, h, w, top, left, blocks_per_plane,
@@ -26,14 +36,7 @@ def crop_concat_forward_kernel(
     out_sn, out_sc, out_sh, out_sw,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    plane = pid // blocks_per_plane
-    n = plane // channels
-    c = plane % channels
-    offs = (pid % blocks_per_plane) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < h * w
-    y = offs // w
-    x = offs % w
+    n, c, y, x, mask = _plane_block(channels, w, h * w, blocks_per_plane, BLOCK)
     if c < up_channels:
         src = up_ptr + n * up_sn + c * up_sc + y * up_sh + x * up_sw
     else:
@@ -50,14 +53,7 @@ def crop_concat_backward_kernel(
     gs_sn, gs_sc, gs_sh, gs_sw,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    plane = pid // blocks_per_plane
-    n = plane // skip_channels
-    c = plane % skip_channels
-    offs = (pid % blocks_per_plane) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < skip_h * skip_w
-    sy = offs // skip_w
-    sx = offs % skip_w
+    n, c, sy, sx, mask = _plane_block(skip_channels, skip_w, skip_h * skip_w, blocks_per_plane, BLOCK)
     y = sy - top
     x = sx - left
     inside = mask & (y >= 0) & (y < h) & (x >= 0) & (x < w)
