@@ -36,6 +36,19 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"largest difference between the two outputs: {difference:.2e}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    """Prints (and optionally saves) this machine's speed-ups over the reference."""
+    from unet_fast import bench
+
+    unet_fast.UNetGeometry(depth=5, stages=4).output_size(args.size, name="--size")
+    results = bench.run(size=args.size, rounds=args.rounds)
+    print(f"unet_fast {unet_fast.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(bench.format_table(results))
+    if args.json:
+        bench.write_json(results, args.json)
+        print(f"wrote {args.json}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="unet-fast", description=unet_fast.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--size", type=int, default=572, help="input side length (default 572)")
     demo.add_argument("--backend", default=None, help="force a backend: cpu, cuda, triton or torch")
     demo.set_defaults(run=_demo)
+    bench_parser = commands.add_parser("bench", help="speed-ups over the reference on this machine")
+    bench_parser.add_argument("--size", type=int, default=252, help="U-Net input side length (default 252)")
+    bench_parser.add_argument("--rounds", type=int, default=5, help="alternating timed runs per side (default 5)")
+    bench_parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench_parser.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     args.run(args)
 
