@@ -60,11 +60,13 @@ def _empty(tensor: torch.Tensor, shape) -> torch.Tensor:
     return torch.empty(shape, dtype=tensor.dtype, device=tensor.device, memory_format=memory_format_of(tensor))
 
 
-def _forward_fake(up, skip):
+def _new_output(up, skip):
+    """The uninitialised output; also the fake (meta) implementation."""
     return _empty(up, (up.shape[0], up.shape[1] + skip.shape[1], *up.shape[2:]))
 
 
-def _backward_fake(grad_out, up_channels, skip_height, skip_width):
+def _new_grad_skip(grad_out, up_channels, skip_height, skip_width):
+    """The uninitialised gradient of skip; also the backward op's fake implementation."""
     n, channels = grad_out.shape[:2]
     return _empty(grad_out, (n, channels - up_channels, skip_height, skip_width))
 
@@ -93,8 +95,8 @@ def _register(forward_op, backward_op) -> None:
         zeros = grad_grad_skip.new_zeros(ctx.up_shape)
         return forward_op(zeros, grad_grad_skip), None, None, None
 
-    torch.library.register_fake(forward_op)(_forward_fake)
-    torch.library.register_fake(backward_op)(_backward_fake)
+    torch.library.register_fake(forward_op)(_new_output)
+    torch.library.register_fake(backward_op)(_new_grad_skip)
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_forward)
     torch.library.register_autograd(backward_op, double_backward, setup_context=_setup_backward)
 
@@ -103,7 +105,7 @@ def _register(forward_op, backward_op) -> None:
 def _crop_concat_triton(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     from unet_fast.kernels import crop_concat as kernels
 
-    out = _forward_fake(up, skip)
+    out = _new_output(up, skip)
     h, w = up.shape[2:]
     kernels.crop_concat_forward(
         up, skip, out, center_crop_offset(skip.shape[2], h), center_crop_offset(skip.shape[3], w)
@@ -117,7 +119,7 @@ def _crop_concat_triton_backward(
 ) -> torch.Tensor:
     from unet_fast.kernels import crop_concat as kernels
 
-    grad_skip = _backward_fake(grad_out, up_channels, skip_height, skip_width)
+    grad_skip = _new_grad_skip(grad_out, up_channels, skip_height, skip_width)
     h, w = grad_out.shape[2:]
     kernels.crop_concat_backward(
         grad_out, grad_skip, center_crop_offset(skip_height, h), center_crop_offset(skip_width, w)
