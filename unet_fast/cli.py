@@ -22,8 +22,8 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"input {tuple(image.shape)}; expected output side {model.output_size(args.size)}")
     outputs = {}
     for name, net in (("unet_fast.UNet", model), ("reference.UNet", oracle)):
+        net(image).square().mean().backward()  # warm-up: first-touch page faults, kernel choice
         with torch.no_grad():
-            net(image)  # warm-up: first-touch page faults and kernel selection
             start = time.perf_counter()
             outputs[name] = net(image)
             forward = time.perf_counter() - start
