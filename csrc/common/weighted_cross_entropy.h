@@ -20,9 +20,10 @@ UNET_FAST_HOST_DEVICE inline T pixel_weight(int64_t label, int64_t ignore_index,
   return class_weight ? own * T(class_weight[label]) : own;
 }
 
+// Bitwise `|` and `&`, not `||` and `&&`: no branch, so the CPU's label loops vectorise.
 UNET_FAST_HOST_DEVICE inline bool label_is_valid(int64_t label, int64_t ignore_index,
                                                  int64_t classes) {
-  return label == ignore_index || (0 <= label && label < classes);
+  return (label == ignore_index) | ((0 <= label) & (label < classes));
 }
 
 // max(a, b) that lets a NaN in b through, so NaN logits give a NaN loss. Bitwise `|`, not

@@ -57,7 +57,7 @@ UNET_FAST_CPU_CLONES bool block_labels(const BlockArgs& a, const label_t* target
   for (int64_t p = 0; p < a.count; ++p) {
     const int64_t l = int64_t(target[p]);
     const bool ignored = l == a.ignore_index;
-    bad |= int32_t(!ignored & ((l < 0) | (l >= a.classes)));
+    bad |= int32_t(!label_is_valid(l, a.ignore_index, a.classes));
     label[p] = ignored ? int32_t(-1) : int32_t(l);
   }
   for (int64_t p = 0; p < a.count; ++p) v[p] = label[p] >= 0 ? acc_t(1) : acc_t(0);
