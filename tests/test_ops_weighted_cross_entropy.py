@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import unet_fast
+from unet_fast.bench import peak_memory_mb
 from unet_fast.ops.weighted_cross_entropy import weighted_softmax_cross_entropy_composite as composite
 
 from conftest import backends_for
@@ -199,6 +200,20 @@ def test_backward_can_run_twice_and_unit_grad_is_not_copied(backend, device):
     reference_logits = logits.clone().requires_grad_()
     composite(reference_logits, target, weight, None, -100, "mean").backward()
     torch.testing.assert_close(seen[0], reference_logits.grad, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_forward_backward_allocates_only_the_gradient(backend, device):
+    logits, target, weight, _ = make(n=2, classes=2, h=64, w=64, device=device, ignore=False)
+    logits.requires_grad_()
+
+    def step():
+        loss = unet_fast.weighted_softmax_cross_entropy(logits, target, weight, backend=backend)
+        torch.autograd.grad(loss, logits)
+
+    step()
+    gradient_mb = logits.numel() * logits.element_size() / 2**20
+    assert peak_memory_mb(step, logits.device) < 1.5 * gradient_mb
 
 
 @pytest.mark.parametrize(

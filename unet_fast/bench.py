@@ -42,7 +42,8 @@ def _quiet_stderr():
 
 def peak_memory_mb(step: Callable[[], object], device: torch.device) -> float:
     """Peak memory one call of ``step`` allocates beyond what was live before it: the CUDA
-    allocator's peak counter, or on the CPU the torch profiler's allocation events."""
+    allocator's peak counter, or on the CPU the torch profiler's allocation and free events
+    replayed in time order (the per-op totals would net a free against a later allocation)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -51,7 +52,7 @@ def peak_memory_mb(step: Callable[[], object], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     with _quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    changes = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
     for _, change in changes:
         live += change

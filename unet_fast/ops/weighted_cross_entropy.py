@@ -124,6 +124,8 @@ def _setup_context(ctx, inputs, output):
     ctx.reduction = inputs[5]
     ctx.grad_logits = output[1]
     ctx.mark_non_differentiable(output[1])
+    # The gradient output is data: no N x C x H x W zeros for its (absent) incoming gradient.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _):
@@ -131,6 +133,8 @@ def _backward(ctx, grad_loss, _):
     is returned as it is, with no second N x C x H x W tensor (it is never modified, so
     backward can run again); other grad_outputs scale it."""
     grad = ctx.grad_logits
+    if grad_loss is None:  # only the (non-differentiable) gradient output was given a grad
+        return None, None, None, None, None, None, None
     if ctx.reduction == "none":
         return grad * grad_loss.unsqueeze(1), None, None, None, None, None, None
     if not (torch.compiler.is_compiling() or is_fake(grad_loss)) and grad_loss.device.type == "cpu":
