@@ -3,10 +3,33 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/buffer_pool.h"
+
+namespace {
+
+// (in use, cached) bytes of the CPU buffer pool (csrc/cpu/buffer_pool.h).
+PyObject* buffer_pool_stats(PyObject*, PyObject*) {
+  const unet_fast::BufferPoolStats stats = unet_fast::buffer_pool_stats();
+  return Py_BuildValue("(LL)", static_cast<long long>(stats.in_use_bytes),
+                       static_cast<long long>(stats.cached_bytes));
+}
+
+PyObject* buffer_pool_empty_cache(PyObject*, PyObject*) {
+  unet_fast::buffer_pool_empty_cache();
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"buffer_pool_stats", buffer_pool_stats, METH_NOARGS, "(in use, cached) bytes of the CPU buffer pool"},
+    {"buffer_pool_empty_cache", buffer_pool_empty_cache, METH_NOARGS, "frees the pool's cached CPU buffers"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 extern "C" {
 // The extension is loaded as a Python module so that `import unet_fast._C` registers the ops.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }
@@ -27,4 +50,12 @@ TORCH_LIBRARY(unet_fast, m) {
       "weighted_softmax_cross_entropy(Tensor logits, Tensor target, Tensor? weight, "
       "Tensor? class_weight, int ignore_index, str reduction, bool compute_grad) "
       "-> (Tensor, Tensor)");
+  // Valid (unpadded) 3x3 convolution, stride 1, with the bias and, if relu, a ReLU applied to
+  // its output. The output is channels_last.
+  m.def("conv3x3_bias_relu(Tensor x, Tensor weight, Tensor? bias, bool relu) -> Tensor");
+  // Gradients of x, weight and bias (each only if asked in output_mask, else undefined). `out`
+  // is the saved forward output when it went through the ReLU (its mask), else None.
+  m.def(
+      "conv3x3_bias_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? out, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -7,11 +7,12 @@ import pytest
 from unet_fast import cli
 
 
-def test_demo_runs_and_reports_identical_outputs(capsys):
+def test_demo_runs_and_reports_matching_outputs(capsys):
     cli.main(["demo", "--size", "188"])
     out = capsys.readouterr().out
     assert "output (1, 2, 4, 4)" in out
-    assert "largest difference between the two outputs: 0.00e+00" in out
+    difference = float(out.split("largest difference between the two outputs: ")[1].split()[0])
+    assert difference < 1e-4  # the fused convolutions sum in another order than the reference
 
 
 def test_bench_prints_the_table_and_writes_json(capsys, tmp_path):

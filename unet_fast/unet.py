@@ -27,10 +27,9 @@ class Block(nn.Module):
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3)
         self.final_relu = final_relu
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))
-        x = self.conv2(x)
-        return F.relu(x) if self.final_relu else x
+    def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
+        x = ops.conv3x3_bias_relu(x, self.conv1.weight, self.conv1.bias, relu=True, backend=backend)
+        return ops.conv3x3_bias_relu(x, self.conv2.weight, self.conv2.bias, relu=self.final_relu, backend=backend)
 
 
 class Encoder(nn.Module):
@@ -39,12 +38,12 @@ class Encoder(nn.Module):
         self.enc_blocks = nn.ModuleList(Block(chs[i], chs[i + 1], final_relu) for i in range(len(chs) - 1))
         self.pool = nn.MaxPool2d(2)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, backend: str | None) -> list[torch.Tensor]:
         features = []
         for level, block in enumerate(self.enc_blocks):
             if level:
                 x = self.pool(x)
-            x = block(x)
+            x = block(x, backend)
             features.append(x)
         return features
 
@@ -58,7 +57,7 @@ class Decoder(nn.Module):
 
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor], backend: str | None) -> torch.Tensor:
         for upconv, block, skip in zip(self.upconvs, self.dec_blocks, skips):
-            x = block(ops.crop_concat(upconv(x), skip, backend=backend))
+            x = block(ops.crop_concat(upconv(x), skip, backend=backend), backend)
         return x
 
 
@@ -104,7 +103,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        features = self.encoder(x)
+        features = self.encoder(x, self.backend)
         x = self.decoder(features[-1], features[-2::-1], self.backend)
         x = self.head(x)
         if self.retain_dim:

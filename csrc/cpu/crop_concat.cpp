@@ -1,4 +1,5 @@
-// CPU kernels of crop_concat: strided box copies, parallel over rows, memcpy where rows are dense.
+// CPU kernels of crop_concat: strided box copies, parallel over rows, memcpy where rows are
+// dense, into buffers from the pool.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -6,6 +7,7 @@
 #include <cstring>
 
 #include "../crop_concat.h"
+#include "buffer_pool.h"
 
 namespace unet_fast {
 namespace {
@@ -75,11 +77,13 @@ void copy_box_cpu(const at::Tensor& dst, const at::Tensor& src, int64_t top, int
                                   [&] { copy_box_typed<scalar_t>(dst, src, top, left); });
 }
 at::Tensor crop_concat_cpu(const at::Tensor& up, const at::Tensor& skip) {
+  const PooledAllocations pooled;
   return crop_concat_with(up, skip, copy_box_cpu);
 }
 
 at::Tensor crop_concat_backward_cpu(const at::Tensor& grad_out, int64_t up_channels,
                                  int64_t skip_height, int64_t skip_width) {
+  const PooledAllocations pooled;
   return crop_concat_backward_with(grad_out, up_channels, skip_height, skip_width, copy_box_cpu);
 }
 

@@ -18,6 +18,7 @@
 #include "../common/fast_math.h"
 #include "../common/weighted_cross_entropy.h"
 #include "../weighted_cross_entropy.h"
+#include "buffer_pool.h"
 
 namespace unet_fast {
 namespace {
@@ -211,6 +212,7 @@ std::tuple<at::Tensor, at::Tensor> weighted_softmax_cross_entropy_cpu(
     const at::Tensor& logits_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& weight_in, const std::optional<at::Tensor>& class_weight_in,
     int64_t ignore_index, c10::string_view reduction_name, bool compute_grad) {
+  const PooledAllocations pooled;
   const Reduction reduction = parse_reduction(reduction_name);
   const auto [logits, target, weight, class_weight] = prepare_weighted_cross_entropy_inputs(
       logits_in, target_in, weight_in, class_weight_in, target_in.scalar_type());

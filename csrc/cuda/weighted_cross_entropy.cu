@@ -1,27 +1,13 @@
 // CUDA kernels of the weighted softmax cross-entropy: one thread per pixel sweeps the classes
 // (coalesced across the pixels of a warp), with the per-pixel math of the CPU kernel.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cmath>
 
 #include "../common/weighted_cross_entropy.h"
+#include "device_helpers.cuh"
 #include "weighted_cross_entropy.cuh"
 
 namespace unet_fast {
 namespace {
-
-constexpr int kThreads = 256;
-
-// Explicit conversions: torch builds with the implicit half/bfloat16 conversions disabled.
-template <typename acc_t> __device__ acc_t widen(float x) { return acc_t(x); }
-template <typename acc_t> __device__ acc_t widen(double x) { return acc_t(x); }
-template <typename acc_t> __device__ acc_t widen(__half x) { return acc_t(__half2float(x)); }
-template <typename acc_t> __device__ acc_t widen(__nv_bfloat16 x) { return acc_t(__bfloat162float(x)); }
-template <typename scalar_t> __device__ scalar_t narrow_to(float x) { return scalar_t(x); }
-template <typename scalar_t> __device__ scalar_t narrow_to(double x) { return scalar_t(x); }
-template <> __device__ __half narrow_to<__half>(float x) { return __float2half(x); }
-template <> __device__ __nv_bfloat16 narrow_to<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 template <typename acc_t>
 __global__ void pixel_weights_kernel(WeightedCrossEntropyLaunch args) {
@@ -67,11 +53,6 @@ __global__ void weighted_cross_entropy_kernel(WeightedCrossEntropyLaunch args) {
                        c == label ? acc_t(1) : acc_t(0), scale));
     }
   }
-}
-
-unsigned grid_for(int64_t pixels) {
-  const int64_t blocks = (pixels + kThreads - 1) / kThreads;
-  return unsigned(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
 }
 
 }  // namespace

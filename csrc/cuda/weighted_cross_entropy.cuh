@@ -5,9 +5,9 @@
 
 #include <cstdint>
 
-namespace unet_fast {
+#include "element_type.cuh"
 
-enum class ElementType : int { kFloat, kDouble, kHalf, kBFloat16 };
+namespace unet_fast {
 
 struct WeightedCrossEntropyLaunch {
   const void* logits;         // (N, C, H, W) contiguous, of `type`

@@ -5,20 +5,11 @@
 #include <torch/library.h>
 
 #include "../weighted_cross_entropy.h"
+#include "element_type.h"
 #include "weighted_cross_entropy.cuh"
 
 namespace unet_fast {
 namespace {
-
-ElementType element_type(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return ElementType::kFloat;
-    case at::kDouble: return ElementType::kDouble;
-    case at::kHalf: return ElementType::kHalf;
-    case at::kBFloat16: return ElementType::kBFloat16;
-    default: TORCH_CHECK(false, "weighted_softmax_cross_entropy: unsupported logits dtype ", type);
-  }
-}
 
 void check(cudaError_t status) {
   TORCH_CHECK(status == cudaSuccess, "weighted_softmax_cross_entropy: CUDA launch failed: ",
@@ -51,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor> weighted_softmax_cross_entropy_cuda(
   args.classes = logits.size(1);
   args.hw = logits.size(2) * logits.size(3);
   args.ignore_index = ignore_index;
-  args.type = element_type(logits.scalar_type());
+  args.type = element_type(logits.scalar_type(), "weighted_softmax_cross_entropy");
   const auto stream = at::cuda::getCurrentCUDAStream();
   check(launch_pixel_weights(args, stream));
   const at::Tensor denominator =

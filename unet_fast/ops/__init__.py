@@ -1,7 +1,8 @@
 """The fused ops. Each takes ``backend=`` (see :mod:`unet_fast.ops.backends`)."""
 
 from unet_fast.ops.backends import available_backends
+from unet_fast.ops.conv import conv3x3_bias_relu
 from unet_fast.ops.crop_concat import crop_concat
 from unet_fast.ops.weighted_cross_entropy import weighted_softmax_cross_entropy
 
-__all__ = ["available_backends", "crop_concat", "weighted_softmax_cross_entropy"]
+__all__ = ["available_backends", "conv3x3_bias_relu", "crop_concat", "weighted_softmax_cross_entropy"]

@@ -48,8 +48,9 @@ def triton_interpreted() -> bool:
     return INTERPRETED
 
 
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+def _has_triton_kernel(op: str) -> bool:
+    """True when ``op`` has a Triton custom op (``unet_fast::<op>_triton``) and Triton is installed."""
+    return importlib.util.find_spec("triton") is not None and hasattr(torch.ops.unet_fast, f"{op}_triton")
 
 
 def _has_kernel(op: str, dispatch_key: str) -> bool:
@@ -64,11 +65,11 @@ def available_backends(op: str, device: torch.device | str) -> list[str]:
     found = []
     if device.type == "cpu" and _has_kernel(op, "CPU"):
         found.append("cpu")
-    if device.type == "cuda" and _triton_installed():
+    if device.type == "cuda" and _has_triton_kernel(op):
         found.append("triton")
     if device.type == "cuda" and _has_kernel(op, "CUDA"):
         found.append("cuda")
-    if device.type == "cpu" and _triton_installed() and triton_interpreted():
+    if device.type == "cpu" and _has_triton_kernel(op) and triton_interpreted():
         found.append("triton")
     found.append("torch")
     return found

@@ -1,0 +1,67 @@
+// Device-independent part of conv3x3_bias_relu: checks, and the forward and backward around the
+// vendor convolution (oneDNN on the CPU, cuDNN on the GPU), both run channels_last. A backend
+// supplies `relu_grad_and_bias_sum(grad, out, grad_bias)`: the gradient masked by out > 0
+// (a new tensor) and, into grad_bias if it is defined, its per-channel sum (in the opmath
+// type: float for float, half and bfloat16), in one pass.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <array>
+#include <optional>
+
+namespace unet_fast {
+
+inline void check_conv3x3_args(const at::Tensor& x, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 4, "conv3x3_bias_relu: x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
+              "conv3x3_bias_relu: weight must be (C_out, C_in, 3, 3), got ", weight.sizes());
+  TORCH_CHECK(weight.size(1) == x.size(1), "conv3x3_bias_relu: weight takes ", weight.size(1),
+              " input channels, x has ", x.size(1));
+  TORCH_CHECK(x.size(2) >= 3 && x.size(3) >= 3,
+              "conv3x3_bias_relu: x must be at least 3x3 for a valid 3x3 convolution, got ",
+              x.size(2), "x", x.size(3));
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "conv3x3_bias_relu: x and weight must share a dtype");
+  if (bias) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0),
+                "conv3x3_bias_relu: bias must be (C_out,) = (", weight.size(0), ",)");
+  }
+}
+
+inline at::Tensor conv3x3_forward(const at::Tensor& x, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, bool relu) {
+  check_conv3x3_args(x, weight, bias);
+  constexpr auto layout = at::MemoryFormat::ChannelsLast;
+  at::Tensor out = at::convolution(x.contiguous(layout), weight.contiguous(layout), bias, {1, 1},
+                                   {0, 0}, {1, 1}, false, {0, 0}, 1);
+  return relu ? out.relu_() : out;
+}
+
+template <typename ReluGradAndBiasSum>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask,
+    ReluGradAndBiasSum relu_grad_and_bias_sum) {
+  constexpr auto layout = at::MemoryFormat::ChannelsLast;
+  at::Tensor grad = grad_out.contiguous(layout);
+  at::Tensor grad_bias;
+  const auto acc_type = at::toOpMathType(grad.scalar_type());
+  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, grad.options().dtype(acc_type));
+  if (out) {
+    grad = relu_grad_and_bias_sum(grad, out->contiguous(layout), grad_bias);
+  } else if (output_mask[2]) {
+    at::sum_out(grad_bias, grad, {0, 2, 3}, false, acc_type);
+  }
+  if (grad_bias.defined()) grad_bias = grad_bias.to(weight.scalar_type());
+  at::Tensor grad_x, grad_weight;
+  if (output_mask[0] || output_mask[1]) {
+    std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
+        grad, x.contiguous(layout), weight.contiguous(layout), std::nullopt, {1, 1}, {0, 0},
+        {1, 1}, false, {0, 0}, 1, {output_mask[0], output_mask[1], false});
+  }
+  return {grad_x, grad_weight, grad_bias};
+}
+
+}  // namespace unet_fast

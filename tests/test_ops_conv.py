@@ -1,0 +1,162 @@
+"""conv3x3_bias_relu on every backend against F.conv2d (+ F.relu): values in float32/bf16,
+gradients (float64 gradcheck), which gradients are computed, layouts, opcheck, torch.compile,
+autocast and bad inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_fast.ops import conv3x3_bias_relu
+
+from conftest import backends_for
+
+BACKENDS = backends_for("conv3x3_bias_relu")
+CUSTOM_OPS = {
+    "cpu": torch.ops.unet_fast.conv3x3_bias_relu,
+    "cuda": torch.ops.unet_fast.conv3x3_bias_relu,
+    "triton": torch.ops.unet_fast.conv3x3_bias_relu_triton,
+}
+# Against the float64 composite: float32 is oneDNN's accumulation order, bf16 its rounding of
+# inputs and output (8 bits of mantissa) over up to 9 * C_in products.
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=3e-2, atol=3e-2)}
+SHAPES = [(2, 3, 9, 8, 4), (1, 1, 3, 3, 2), (1, 16, 13, 7, 8), (3, 5, 6, 11, 1)]  # N, C_in, H, W, C_out
+
+
+def make(n, c_in, h, w, c_out, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64) / (3 * c_in**0.5)
+    bias = torch.randn(c_out, generator=g, dtype=torch.float64) * 0.1
+    return [t.to(dtype=dtype, device=device) for t in (x, weight, bias)]
+
+
+def expected(x, weight, bias, relu):
+    out = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double())
+    return F.relu(out) if relu else out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_equals_conv2d_and_relu(backend, dtype, relu, shape, device):
+    x, weight, bias = make(*shape, dtype=dtype, device=device)
+    out = conv3x3_bias_relu(x, weight, bias, relu, backend=backend)
+    assert out.dtype == dtype and out.shape == (shape[0], shape[4], shape[2] - 2, shape[3] - 2)
+    torch.testing.assert_close(out.double(), expected(x, weight, bias, relu), **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gradcheck_float64(backend, relu, with_bias, device):
+    x, weight, bias = make(2, 3, 7, 6, 4, device=device)
+    # Keep pre-activations away from 0, where the ReLU has no derivative.
+    bias = bias + torch.where(bias >= 0, 0.05, -0.05)
+    args = [t.requires_grad_() for t in (x, weight, bias if with_bias else None) if t is not None]
+
+    def fn(x, weight, *rest):
+        return conv3x3_bias_relu(x, weight, rest[0] if rest else None, relu, backend=backend)
+
+    # The interpreter takes ~0.1 s a call: the Triton kernels get gradcheck's fast mode (random
+    # projections of the Jacobian rather than every column of it).
+    assert torch.autograd.gradcheck(fn, args, fast_mode=backend == "triton")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_equal_the_composite(backend, dtype, device):
+    x, weight, bias = make(2, 8, 12, 10, 6, dtype=dtype, device=device)
+    grad_out = torch.randn(2, 6, 10, 8, dtype=dtype, device=device)
+    grads = []
+    for chosen in (backend, "torch"):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+        conv3x3_bias_relu(*leaves, True, backend=chosen).backward(grad_out)
+        grads.append([t.grad for t in leaves])
+    for got, want in zip(*grads):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got.double(), want.double(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_only_the_needed_gradients_are_computed(backend, device):
+    x, weight, bias = make(1, 2, 5, 5, 3, dtype=torch.float32, device=device)
+    weight.requires_grad_()
+    out = conv3x3_bias_relu(x, weight, bias, backend=backend)
+    out.sum().backward()
+    assert weight.grad is not None and x.grad is None and bias.grad is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_and_channels_last_inputs(backend, device):
+    x, weight, bias = make(2, 4, 10, 9, 3, dtype=torch.float32, device=device)
+    want = expected(x, weight, bias, True)
+    strided = torch.randn(2, 8, 10, 9, device=device)[:, ::2].copy_(x)
+    for variant in (strided, x.contiguous(memory_format=torch.channels_last)):
+        got = conv3x3_bias_relu(variant, weight, bias, backend=backend)
+        torch.testing.assert_close(got.double(), want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in CUSTOM_OPS])
+def test_opcheck(backend, device):
+    x, weight, bias = make(2, 3, 6, 5, 4, device=device)
+    op = CUSTOM_OPS[backend]
+    torch.library.opcheck(op, (x, weight.requires_grad_(), bias.requires_grad_(), True))
+    torch.library.opcheck(op, (x.requires_grad_(), weight.detach(), None, False))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend, device):
+    x, weight, bias = make(1, 3, 8, 8, 4, dtype=torch.float32, device=device)
+    _, second, _ = make(1, 4, 6, 6, 4, dtype=torch.float32, device=device, seed=1)
+
+    def block(x, weight, bias):
+        hidden = conv3x3_bias_relu(x, weight, bias, backend=backend)
+        return conv3x3_bias_relu(hidden, second, bias, False, backend=backend)
+
+    weight = weight.requires_grad_()
+    compiled = torch.compile(block, fullgraph=True)
+    got = compiled(x, weight, bias)
+    (grad_compiled,) = torch.autograd.grad(got.sum(), weight)
+    want = block(x, weight, bias)
+    (grad_eager,) = torch.autograd.grad(want.sum(), weight)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grad_compiled, grad_eager)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_runs_in_bfloat16(backend, device):
+    x, weight, bias = make(1, 4, 8, 8, 4, dtype=torch.float32, device=device)
+    weight.requires_grad_()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = conv3x3_bias_relu(x, weight, bias, backend=backend)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert weight.grad.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected(x, weight, bias, True), **TOL[torch.bfloat16])
+
+
+def test_output_is_channels_last():
+    x, weight, bias = make(1, 4, 8, 8, 4, dtype=torch.float32)
+    assert conv3x3_bias_relu(x, weight, bias, backend="cpu").is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        (lambda a: a.update(x=a["x"][0]), ValueError, r"x must be 4-D"),
+        (lambda a: a.update(weight=torch.randn(4, 3, 5, 5)), ValueError, r"weight must be \(C_out, C_in, 3, 3\), got kernel size \(5, 5\)"),
+        (lambda a: a.update(weight=torch.randn(4, 2, 3, 3)), ValueError, "weight takes 2 input channels but x has 3"),
+        (lambda a: a.update(x=torch.randn(1, 3, 2, 9)), ValueError, r"x must be at least 3x3"),
+        (lambda a: a.update(bias=torch.randn(5)), ValueError, "bias must have C_out = 4 entries"),
+        (lambda a: a.update(x=a["x"].double()), TypeError, "weight has dtype torch.float32 but x has torch.float64"),
+        (lambda a: a.update(x=a["x"].long()), TypeError, "x must have dtype"),
+        (lambda a: a.update(relu=1), TypeError, "relu must be a bool"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, error, match):
+    x, weight, bias = make(1, 3, 6, 6, 4, dtype=torch.float32)
+    args = dict(x=x, weight=weight, bias=bias, relu=True)
+    change(args)
+    with pytest.raises(error, match=match):
+        conv3x3_bias_relu(**args)

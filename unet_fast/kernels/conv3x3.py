@@ -1,0 +1,315 @@
+"""Triton kernels of conv3x3_bias_relu: implicit GEMMs over the nine taps of a valid 3x3
+convolution, stride 1, for any strides of the tensors (NCHW or channels_last).
+
+Every kernel reads its input channels from two sources, ``x1`` (channels [0, C1)) and a
+window of ``x2`` at (top, left) (channels [C1, C_in)): the decoder's concatenation of the
+up-convolved map with the cropped skip, without the concatenated tensor. A plain convolution
+passes the same tensor twice with C1 = C_in.
+
+- forward: pixels x output channels, K = C_in per tap; bias and ReLU in the epilogue.
+- data gradient: input pixels x input channels, K = C_out per tap (the full convolution with
+  the flipped kernel), masked on load by the saved output's ReLU mask; the two sources'
+  gradients are written to their own tensors.
+- weight gradient: output channels x input channels per tap, K = pixels, split over a third
+  grid axis and added atomically in fp32; the programs of the first tap and channel tile also
+  sum the masked gradient for the bias.
+
+Accumulation is fp32 (fp64 for fp64 tensors, interpreter only). On a GPU, fp32 dots run in
+TF32 as cuDNN's do by default in PyTorch; under the interpreter, where bf16 dots are wrong,
+operands are upcast first.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from unet_fast.kernels import INTERPRETED
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; the interpreter pays per program and per
+# K-step, so there one program covers as much as the shapes allow.
+_GPU_TILES = (64, 64, 32, 8)
+_INTERPRETER_MAX = (1024, 128, 64)
+_GPU_SPLIT_PIXELS = 16384  # weight-gradient pixels per program on a GPU
+AOT_NUM_WARPS = _GPU_TILES[3]
+
+
+@triton.jit
+def _load_source(ptr, img, y, x, c, mask, sn, sc, sh, sw):
+    return tl.load(ptr + (img * sn + y * sh + x * sw)[:, None] + c[None, :] * sc, mask=mask, other=0.0)
+
+
+@triton.jit
+def _load_two_sources(x1_ptr, x2_ptr, img, y, x, k0, row_mask, C1, C_IN, top, left,
+                      x1_sn, x1_sc, x1_sh, x1_sw, x2_sn, x2_sc, x2_sh, x2_sw, BLOCK_K: tl.constexpr):
+    """The (rows, BLOCK_K) tile of the virtual concatenation [x1, window of x2] at the pixels
+    (img, y, x) of the rows and the channels from k0 (zero where masked). A tile that lies in
+    one source loads only from it."""
+    ci = k0 + tl.arange(0, BLOCK_K)
+    if k0 + BLOCK_K <= C1:
+        tile = _load_source(x1_ptr, img, y, x, ci, row_mask[:, None] & (ci < C1)[None, :], x1_sn, x1_sc, x1_sh, x1_sw)
+    elif k0 >= C1:
+        tile = _load_source(x2_ptr, img, y + top, x + left, ci - C1,
+                            row_mask[:, None] & (ci < C_IN)[None, :], x2_sn, x2_sc, x2_sh, x2_sw)
+    else:
+        tile = _load_source(x1_ptr, img, y, x, ci, row_mask[:, None] & (ci < C1)[None, :], x1_sn, x1_sc, x1_sh, x1_sw)
+        tile += _load_source(x2_ptr, img, y + top, x + left, ci - C1,
+                             row_mask[:, None] & ((ci >= C1) & (ci < C_IN))[None, :], x2_sn, x2_sc, x2_sh, x2_sw)
+    return tile
+
+
+@triton.jit
+def _masked_grad(g_ptr, y_ptr, offset, mask, RELU: tl.constexpr):
+    """The incoming gradient at `offset`, zero where the saved output says the ReLU was off."""
+    g = tl.load(g_ptr + offset, mask=mask, other=0.0)
+    if RELU:
+        out = tl.load(y_ptr + offset, mask=mask, other=0.0)
+        g = tl.where(out > 0, g, 0.0)
+    return g
+
+
+@triton.jit
+def conv3x3_forward_kernel(
+    x1_ptr, x2_ptr, w_ptr, b_ptr, out_ptr,
+    M, OH, OW, C1, C_IN, C_OUT, top, left,
+    x1_sn, x1_sc, x1_sh, x1_sw, x2_sn, x2_sc, x2_sh, x2_sw,
+    w_so, w_si, w_sh, w_sw, o_sn, o_sc, o_sh, o_sw,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    co_mask = co < C_OUT
+    img = rows // (OH * OW)
+    oy = rows % (OH * OW) // OW
+    ox = rows % OW
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for tap in range(9):
+        for k0 in range(0, C_IN, BLOCK_K):
+            ci = k0 + tl.arange(0, BLOCK_K)
+            a = _load_two_sources(x1_ptr, x2_ptr, img, oy + tap // 3, ox + tap % 3, k0, row_mask, C1, C_IN, top, left,
+                                  x1_sn, x1_sc, x1_sh, x1_sw, x2_sn, x2_sc, x2_sh, x2_sw, BLOCK_K)
+            w = tl.load(w_ptr + co[None, :] * w_so + ci[:, None] * w_si + (tap // 3) * w_sh + (tap % 3) * w_sw,
+                        mask=co_mask[None, :] & (ci < C_IN)[:, None], other=0.0)
+            if UPCAST:
+                a = a.to(ACC)
+                w = w.to(ACC)
+            acc += tl.dot(a, w, out_dtype=ACC)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + co, mask=co_mask, other=0.0).to(ACC)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    offset = (img * o_sn + oy * o_sh + ox * o_sw)[:, None] + co[None, :] * o_sc
+    tl.store(out_ptr + offset, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & co_mask[None, :])
+
+
+@triton.jit
+def conv3x3_input_grad_kernel(
+    g_ptr, y_ptr, w_ptr, gx1_ptr, gx2_ptr,
+    M, H, W, OH, OW, C1, C_IN, C_OUT, top, left,
+    g_sn, g_sc, g_sh, g_sw, w_so, w_si, w_sh, w_sw,
+    gx1_sn, gx1_sc, gx1_sh, gx1_sw, gx2_sn, gx2_sc, gx2_sh, gx2_sw,
+    RELU: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ci = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    ci_mask = ci < C_IN
+    img = rows // (H * W)
+    iy = rows % (H * W) // W
+    ix = rows % W
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for tap in range(9):
+        oy = iy - tap // 3
+        ox = ix - tap % 3
+        inside = row_mask & (oy >= 0) & (oy < OH) & (ox >= 0) & (ox < OW)
+        for k0 in range(0, C_OUT, BLOCK_K):
+            co = k0 + tl.arange(0, BLOCK_K)
+            offset = (img * g_sn + oy * g_sh + ox * g_sw)[:, None] + co[None, :] * g_sc
+            g = _masked_grad(g_ptr, y_ptr, offset, inside[:, None] & (co < C_OUT)[None, :], RELU)
+            w = tl.load(w_ptr + co[:, None] * w_so + ci[None, :] * w_si + (tap // 3) * w_sh + (tap % 3) * w_sw,
+                        mask=(co < C_OUT)[:, None] & ci_mask[None, :], other=0.0)
+            if UPCAST:
+                g = g.to(ACC)
+                w = w.to(ACC)
+            acc += tl.dot(g, w, out_dtype=ACC)
+    value = acc.to(gx1_ptr.dtype.element_ty)
+    to1 = row_mask[:, None] & (ci < C1)[None, :]
+    tl.store(gx1_ptr + (img * gx1_sn + iy * gx1_sh + ix * gx1_sw)[:, None] + ci[None, :] * gx1_sc, value, mask=to1)
+    to2 = row_mask[:, None] & ((ci >= C1) & ci_mask)[None, :]
+    offset2 = (img * gx2_sn + (iy + top) * gx2_sh + (ix + left) * gx2_sw)[:, None] + (ci - C1)[None, :] * gx2_sc
+    tl.store(gx2_ptr + offset2, value, mask=to2)
+
+
+@triton.jit
+def conv3x3_weight_grad_kernel(
+    g_ptr, y_ptr, x1_ptr, x2_ptr, gw_ptr, gb_ptr,
+    K, OH, OW, C1, C_IN, C_OUT, top, left, pixels_per_split,
+    g_sn, g_sc, g_sh, g_sw, x1_sn, x1_sc, x1_sh, x1_sw, x2_sn, x2_sc, x2_sh, x2_sw,
+    RELU: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """gw (C_OUT, C_IN, 3, 3) and gb (C_OUT,): contiguous, in ACC, zero before the launch."""
+    co = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tap = tl.program_id(1) % 9
+    ci = tl.program_id(1) // 9 * BLOCK_N + tl.arange(0, BLOCK_N)
+    co_mask = co < C_OUT
+    first = tl.program_id(2) * pixels_per_split
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    bias_acc = tl.zeros((BLOCK_M,), dtype=ACC)
+    for k0 in range(0, pixels_per_split, BLOCK_K):
+        pixels = first + k0 + tl.arange(0, BLOCK_K)
+        pixel_mask = (pixels < K) & (k0 + tl.arange(0, BLOCK_K) < pixels_per_split)
+        img = pixels // (OH * OW)
+        oy = pixels % (OH * OW) // OW
+        ox = pixels % OW
+        offset = co[:, None] * g_sc + (img * g_sn + oy * g_sh + ox * g_sw)[None, :]
+        g = _masked_grad(g_ptr, y_ptr, offset, co_mask[:, None] & pixel_mask[None, :], RELU)
+        x = _load_two_sources(x1_ptr, x2_ptr, img, oy + tap // 3, ox + tap % 3, tl.program_id(1) // 9 * BLOCK_N,
+                              pixel_mask, C1, C_IN, top, left, x1_sn, x1_sc, x1_sh, x1_sw, x2_sn, x2_sc, x2_sh, x2_sw,
+                              BLOCK_N)
+        if UPCAST:
+            g = g.to(ACC)
+            x = x.to(ACC)
+        acc += tl.dot(g, x, out_dtype=ACC)
+        if HAS_BIAS:
+            bias_acc += tl.sum(g.to(ACC), axis=1)
+    gw_offset = co[:, None] * (C_IN * 9) + ci[None, :] * 9 + tap
+    tl.atomic_add(gw_ptr + gw_offset, acc, mask=co_mask[:, None] & (ci < C_IN)[None, :])
+    if HAS_BIAS:
+        tl.atomic_add(gb_ptr + co, bias_acc, mask=co_mask & (tl.program_id(1) == 0))
+
+
+def _check_int32_indexing(*tensors) -> None:
+    """The kernels index in int32, as the U-Net's tensors allow (a batch of 8 at 572x572 is
+    under a tenth of the limit)."""
+    for tensor in tensors:
+        if tensor is not None and tensor.numel() >= 2**31:
+            raise ValueError(f"the Triton conv3x3 kernels take tensors of under 2**31 elements, got {tuple(tensor.shape)}")
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _tiles(m: int, n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for a GEMM of m x n with k per tap."""
+    if not INTERPRETED:
+        return _GPU_TILES
+    cap_m, cap_n, cap_k = _INTERPRETER_MAX
+    fit = lambda size, cap: max(16, min(cap, triton.next_power_of_2(max(size, 1))))  # noqa: E731
+    return fit(m, cap_m), fit(n, cap_n), fit(k, cap_k), 4
+
+
+def _with_unit_stride(weight, dim: int):
+    """weight (C_out, C_in, 3, 3) laid out taps first and with unit stride along `dim` (0 or
+    1): the layout in which each tap's (C_in, C_out) tile loads contiguously."""
+    order = (2, 3, 1 - dim, dim)
+    inverse = sorted(range(4), key=order.__getitem__)
+    return weight.permute(order).contiguous().permute(inverse)
+
+
+def _sources(x1, x2):
+    """The second source's channel count offset and strides (x1 again for a plain conv)."""
+    return x1.shape[1], (*x1.stride(), *x2.stride())
+
+
+def conv3x3_forward(x1, x2, weight, bias, out, relu: bool, top: int, left: int) -> None:
+    """out (N, C_out, OH, OW) = relu(conv3x3([x1, x2 window]) + bias)."""
+    _check_int32_indexing(x1, x2, out)
+    n, c_out, oh, ow = out.shape
+    c1, strides = _sources(x1, x2)
+    m = n * oh * ow
+    block_m, block_n, block_k, warps = _tiles(m, c_out, weight.shape[1])
+    grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
+    weight = _with_unit_stride(weight, 0)
+    conv3x3_forward_kernel[grid](
+        x1, x2, weight, bias if bias is not None else weight, out,
+        m, oh, ow, c1, weight.shape[1], c_out, top, left, *strides, *weight.stride(), *out.stride(),
+        HAS_BIAS=bias is not None, RELU=relu, ACC=_acc_dtype(out.dtype), UPCAST=INTERPRETED,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )
+
+
+def _check_same_strides(grad_out, out) -> None:
+    if out is not None and grad_out.stride() != out.stride():
+        raise ValueError(f"grad_out strides {grad_out.stride()} must equal the saved output's {out.stride()}")
+
+
+def conv3x3_input_grad(grad_out, out, weight, grad_x1, grad_x2, top: int, left: int) -> None:
+    """Writes the data gradient into grad_x1 and the window of grad_x2 (zero elsewhere before
+    the call); `out` is the saved ReLU output (with grad_out's strides), or None without the
+    ReLU."""
+    _check_same_strides(grad_out, out)
+    _check_int32_indexing(grad_out, grad_x1, grad_x2)
+    n, c1, h, w = grad_x1.shape
+    c_out, c_in = weight.shape[:2]
+    m = n * h * w
+    block_m, block_n, block_k, warps = _tiles(m, c_in, c_out)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(c_in, block_n))
+    weight = _with_unit_stride(weight, 1)
+    conv3x3_input_grad_kernel[grid](
+        grad_out, out if out is not None else grad_out, weight, grad_x1, grad_x2,
+        m, h, w, grad_out.shape[2], grad_out.shape[3], c1, c_in, c_out, top, left,
+        *grad_out.stride(), *weight.stride(), *grad_x1.stride(), *grad_x2.stride(),
+        RELU=out is not None, ACC=_acc_dtype(grad_out.dtype), UPCAST=INTERPRETED,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )
+
+
+def conv3x3_weight_grad(grad_out, out, x1, x2, grad_weight, grad_bias, top: int, left: int) -> None:
+    """Adds the weight (and, if grad_bias is given, bias) gradients into grad_weight
+    (C_out, C_in, 3, 3) and grad_bias (C_out,), contiguous accumulators that start at zero."""
+    _check_same_strides(grad_out, out)
+    _check_int32_indexing(grad_out, x1, x2)
+    n, c_out, oh, ow = grad_out.shape
+    c_in = grad_weight.shape[1]
+    c1, strides = _sources(x1, x2)
+    pixels = n * oh * ow
+    block_m, block_n, block_k, warps = _tiles(c_out, c_in, pixels)
+    per_split = pixels if INTERPRETED else _GPU_SPLIT_PIXELS
+    grid = (triton.cdiv(c_out, block_m), triton.cdiv(c_in, block_n) * 9, triton.cdiv(pixels, per_split))
+    conv3x3_weight_grad_kernel[grid](
+        grad_out, out if out is not None else grad_out, x1, x2, grad_weight,
+        grad_bias if grad_bias is not None else grad_weight,
+        pixels, oh, ow, c1, c_in, c_out, top, left, per_split, *grad_out.stride(), *strides,
+        RELU=out is not None, HAS_BIAS=grad_bias is not None, ACC=_acc_dtype(grad_weight.dtype),
+        UPCAST=INTERPRETED, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )
+
+
+# The GPU layout: activations and gradients channels_last, weights packed by the launchers so
+# that the channel dimension each tile walks along has unit stride.
+_UNIT_STRIDES = {
+    "conv3x3_forward_kernel": ("x1_sc", "x2_sc", "w_so", "o_sc"),
+    "conv3x3_input_grad_kernel": ("g_sc", "w_si", "gx1_sc", "gx2_sc"),
+    "conv3x3_weight_grad_kernel": ("g_sc", "x1_sc", "x2_sc"),
+}
+
+
+def aot_configurations():
+    """(kernel, signature, constexprs) of every configuration the launchers above use on a GPU,
+    for ahead-of-time compilation (unet_fast.kernels.aot)."""
+    block_m, block_n, block_k, _ = _GPU_TILES
+    tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "ACC": tl.float32, "UPCAST": False}
+    for dtype in ("fp32", "bf16"):
+        for relu in (True, False):
+            yield _configuration(conv3x3_forward_kernel, dtype, 5, 0, {**tiles, "HAS_BIAS": True, "RELU": relu})
+            yield _configuration(conv3x3_input_grad_kernel, dtype, 5, 0, {**tiles, "RELU": relu})
+            yield _configuration(conv3x3_weight_grad_kernel, dtype, 6, 2, {**tiles, "RELU": relu, "HAS_BIAS": True})
+
+
+def _configuration(kernel, dtype: str, pointers: int, accumulators: int, constexprs: dict):
+    """The kernel's first `pointers` arguments are tensors of `dtype` (the last `accumulators`
+    of them fp32), its unit strides constants, the other integers i32."""
+    constexprs = {**constexprs, **{name: 1 for name in _UNIT_STRIDES[kernel.__name__]}}
+    signature = {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif i < pointers:
+            signature[name] = "*fp32" if i >= pointers - accumulators else f"*{dtype}"
+        else:
+            signature[name] = "i32"
+    return kernel, signature, constexprs

@@ -1,0 +1,151 @@
+"""conv3x3_bias_relu: a valid (unpadded) 3x3 convolution, stride 1, with its bias and an
+optional ReLU in one op, the building block of every U-Net stage.
+
+The output is channels_last, the layout in which oneDNN's CPU convolutions run fastest. The
+backward masks the incoming gradient with the saved output (``out > 0`` exactly where the
+pre-activation was positive, so none is kept) and sums it for the bias in the same pass; the
+data and weight gradients come from the vendor's convolution backward, each only if needed.
+Under ``torch.autocast`` the op runs in the autocast dtype, as ``F.conv2d`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unet_fast.ops import backends
+from unet_fast.ops._checks import check_same_device_and_dtype, check_tensor
+
+__all__ = ["conv3x3_bias_relu"]
+
+
+def conv3x3_bias_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    relu: bool = True,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``relu(conv2d(x, weight, bias))`` (without the ReLU if ``relu=False``) for x (N, C_in,
+    H, W), weight (C_out, C_in, 3, 3), bias (C_out,) or None; returns (N, C_out, H-2, W-2)."""
+    _check_args(x, weight, bias, relu)
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    chosen = _resolve(backend, x.device)
+    if chosen == "torch":
+        return conv3x3_bias_relu_composite(x, weight, bias, relu)
+    if chosen == "triton":
+        return torch.ops.unet_fast.conv3x3_bias_relu_triton(x, weight, bias, relu)
+    return torch.ops.unet_fast.conv3x3_bias_relu(x, weight, bias, relu)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend, device):
+    return backends.resolve_backend("conv3x3_bias_relu", backend, device)
+
+
+def conv3x3_bias_relu_composite(x, weight, bias, relu):
+    """The stock-PyTorch form, the reference the kernels are tested against."""
+    out = F.conv2d(x, weight, bias)
+    return F.relu(out) if relu else out
+
+
+def _check_args(x, weight, bias, relu) -> None:
+    check_tensor("x", x, dim=4, layout="(N, C_in, H, W)")
+    check_tensor("weight", weight, dim=4, layout="(C_out, C_in, 3, 3)")
+    check_same_device_and_dtype(x=x, weight=weight)
+    if tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"weight must be (C_out, C_in, 3, 3), got kernel size {tuple(weight.shape[2:])}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight takes {weight.shape[1]} input channels but x has {x.shape[1]}")
+    if x.shape[2] < 3 or x.shape[3] < 3:
+        raise ValueError(f"x must be at least 3x3 for a valid 3x3 convolution, got {tuple(x.shape[2:])}")
+    if bias is not None:
+        check_tensor("bias", bias, dim=1, layout="(C_out,)")
+        check_same_device_and_dtype(x=x, bias=bias)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have C_out = {weight.shape[0]} entries, got {bias.shape[0]}")
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+
+
+def _output_like(x, weight):
+    n, _, h, w = x.shape
+    return x.new_empty((n, weight.shape[0], h - 2, w - 2)).contiguous(memory_format=torch.channels_last)
+
+
+def _fake(x, weight, bias, relu):
+    return _output_like(x, weight)
+
+
+def _fake_backward(grad_out, x, weight, out, output_mask):
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last) if output_mask[0] else None
+    grad_weight = torch.empty_like(weight, memory_format=torch.channels_last) if output_mask[1] else None
+    grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else None
+    return grad_x, grad_weight, grad_bias
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.has_bias = bias is not None
+
+
+def _register(forward_op, backward_op) -> None:
+    """Fake impls and autograd for one backend's pair of ops."""
+
+    def backward(ctx, grad_out):
+        x, weight, out = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        grad_x, grad_weight, grad_bias = backward_op(grad_out, x, weight, out, mask)
+        return grad_x, grad_weight, grad_bias, None
+
+    torch.library.register_fake(forward_op)(_fake)
+    torch.library.register_fake(backward_op)(_fake_backward)
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("unet_fast::conv3x3_bias_relu_triton", mutates_args=())
+def _conv3x3_bias_relu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    from unet_fast.kernels import conv3x3 as kernels
+
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = _output_like(x, weight)
+    kernels.conv3x3_forward(x, x, weight, bias, out, relu, 0, 0)
+    return out
+
+
+@torch.library.custom_op(
+    "unet_fast::conv3x3_bias_relu_triton_backward",
+    mutates_args=(),
+    # as the C++ op's: a gradient not asked for in output_mask is None
+    schema="(Tensor grad_out, Tensor x, Tensor weight, Tensor? out, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+)
+def _conv3x3_bias_relu_triton_backward(grad_out, x, weight, out, output_mask):
+    from unet_fast.kernels import conv3x3 as kernels
+
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if out is not None:
+        out = out.contiguous(memory_format=torch.channels_last)
+    grad_x, grad_weight, grad_bias = _fake_backward(grad_out, x, weight, out, output_mask)
+    if grad_x is not None:
+        kernels.conv3x3_input_grad(grad_out, out, weight, grad_x, grad_x, 0, 0)
+    if grad_weight is not None or grad_bias is not None:
+        accumulator = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        weight_sum = weight.new_zeros(weight.shape, dtype=accumulator)
+        bias_sum = weight.new_zeros(weight.shape[0], dtype=accumulator) if grad_bias is not None else None
+        kernels.conv3x3_weight_grad(grad_out, out, x, x, weight_sum, bias_sum, 0, 0)
+        if grad_weight is not None:
+            grad_weight.copy_(weight_sum)
+        if grad_bias is not None:
+            grad_bias.copy_(bias_sum)
+    return grad_x, grad_weight, grad_bias
+
+
+_register(_conv3x3_bias_relu_triton, _conv3x3_bias_relu_triton_backward)
+if backends.extension_loaded():
+    _register(torch.ops.unet_fast.conv3x3_bias_relu.default, torch.ops.unet_fast.conv3x3_bias_relu_backward.default)
