@@ -10,8 +10,8 @@ from unet_fast import reference
 from conftest import DEVICE, backends_for
 
 SMALL = dict(enc_chs=(1, 4, 8, 16), dec_chs=(16, 8, 4))
-# Float32 tolerance for outputs and parameter gradients; the ops are copies, so today the
-# results agree to the last bit, but fused convolutions may reorder sums.
+# Float32 tolerance for outputs and parameter gradients: the fused convolutions run
+# channels_last and sum in another order than the reference's.
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
@@ -149,3 +149,23 @@ def test_invalid_inputs_raise_clear_errors(shape, match):
 def test_inconsistent_widths_raise(enc_chs, dec_chs, match):
     with pytest.raises(ValueError, match=match):
         unet_fast.UNet(enc_chs, dec_chs)
+
+
+@pytest.mark.parametrize("backend", FULL_WIDTH_BACKENDS)
+def test_channels_last_input_gives_the_same_output(backend):
+    ref, fast = twins(**SMALL, backend=backend)
+    x = torch.randn(2, 1, 60, 60, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), ref(x), **TOL)
+
+
+def test_bf16_autocast_matches_the_reference_under_autocast():
+    ref, fast = twins(**SMALL)
+    x = torch.randn(2, 1, 60, 60)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_fast, out_ref = fast(x), ref(x)
+    assert out_fast.dtype == torch.bfloat16
+    # Both round activations to bf16 (8 bits of mantissa) at every layer.
+    torch.testing.assert_close(out_fast.float(), out_ref.float(), rtol=0.05, atol=0.05)
+    out_fast.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in fast.parameters())

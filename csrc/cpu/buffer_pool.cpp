@@ -9,8 +9,11 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 namespace unet_fast {
@@ -29,12 +32,12 @@ class PoolingAllocator final : public c10::Allocator {
 
   c10::DataPtr allocate(size_t n) override {
     if (!pooling || n < kMinPooledBytes) return fallback_->allocate(n);
-    const size_t size = rounded(n);
-    void* ptr = take_cached(size);
+    auto [ptr, size] = take_cached(rounded(n));
     if (ptr == nullptr) ptr = c10::alloc_cpu(size);
     std::lock_guard<std::mutex> lock(mutex_);
     in_use_.emplace(ptr, size);
     in_use_bytes_ += size;
+    peak_in_use_bytes_ = std::max(peak_in_use_bytes_, in_use_bytes_);
     report(ptr, int64_t(size));
     return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
   }
@@ -60,15 +63,16 @@ class PoolingAllocator final : public c10::Allocator {
   static PoolingAllocator* instance;
 
  private:
-  // The smallest cached block that fits with at most 1/8 to spare, or null.
-  void* take_cached(size_t size) {
+  // The smallest cached block that fits with at most a quarter to spare and its size, or
+  // null and the size to allocate.
+  std::pair<void*, size_t> take_cached(size_t size) {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = cached_.lower_bound(size);
-    if (it == cached_.end() || it->first > size + size / 8) return nullptr;
-    void* ptr = it->second;
-    cached_bytes_ -= it->first;
+    if (it == cached_.end() || it->first > size + size / 4) return {nullptr, size};
+    const auto block = *it;
+    cached_bytes_ -= block.first;
     cached_.erase(it);
-    return ptr;
+    return {block.second, block.first};
   }
 
   // Deleter of every pointer this allocator returned, pooled or not: the fallback's own
@@ -82,9 +86,15 @@ class PoolingAllocator final : public c10::Allocator {
         const size_t size = it->second;
         self->in_use_.erase(it);
         self->in_use_bytes_ -= size;
+        self->report(ptr, -int64_t(size));
+        // Idle memory is bounded by twice the most the pool ever had in use: a training step
+        // frees and asks for many sizes, and a tighter bound evicts blocks the next step reuses.
+        if (self->cached_bytes_ + size > 2 * self->peak_in_use_bytes_) {
+          c10::free_cpu(ptr);
+          return;
+        }
         self->cached_.emplace(size, ptr);
         self->cached_bytes_ += size;
-        self->report(ptr, -int64_t(size));
         return;
       }
     }
@@ -102,7 +112,7 @@ class PoolingAllocator final : public c10::Allocator {
   std::mutex mutex_;
   std::unordered_map<void*, size_t> in_use_;
   std::multimap<size_t, void*> cached_;
-  size_t in_use_bytes_ = 0, cached_bytes_ = 0;
+  size_t in_use_bytes_ = 0, cached_bytes_ = 0, peak_in_use_bytes_ = 0;
 };
 
 PoolingAllocator* PoolingAllocator::instance = nullptr;
@@ -117,9 +127,22 @@ PoolingAllocator& pool() {
   return *PoolingAllocator::instance;
 }
 
+// UNET_FAST_CPU_POOL=0 turns the pool off (read once).
+bool pool_enabled() {
+  static const bool enabled = [] {
+    const char* value = std::getenv("UNET_FAST_CPU_POOL");
+    return value == nullptr || std::string(value) != "0";
+  }();
+  return enabled;
+}
+
 }  // namespace
 
 PooledAllocations::PooledAllocations() : outer_(!pooling) {
+  if (!pool_enabled()) {
+    outer_ = false;
+    return;
+  }
   pool();
   pooling = true;
 }

@@ -4,7 +4,8 @@
 // thread, the CPU allocations of that thread of 1 MiB or more (those of the op's own kernels
 // and of the ATen calls it makes) come from blocks the pool kept, and go back to it when
 // freed; other allocations, and other threads, are untouched. The pool reports its
-// allocations to the torch profiler as in use, like the default allocator.
+// allocations to the torch profiler as in use, like the default allocator, and keeps at most
+// twice its peak use idle. UNET_FAST_CPU_POOL=0 turns it off.
 #pragma once
 
 #include <cstdint>

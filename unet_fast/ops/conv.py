@@ -29,11 +29,8 @@ def conv3x3_bias_relu(
 ) -> torch.Tensor:
     """``relu(conv2d(x, weight, bias))`` (without the ReLU if ``relu=False``) for x (N, C_in,
     H, W), weight (C_out, C_in, 3, 3), bias (C_out,) or None; returns (N, C_out, H-2, W-2)."""
+    x, weight, bias = _autocast(x, weight, bias)
     _check_args(x, weight, bias, relu)
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
     chosen = _resolve(backend, x.device)
     if chosen == "torch":
         return conv3x3_bias_relu_composite(x, weight, bias, relu)
@@ -51,6 +48,15 @@ def conv3x3_bias_relu_composite(x, weight, bias, relu):
     """The stock-PyTorch form, the reference the kernels are tested against."""
     out = F.conv2d(x, weight, bias)
     return F.relu(out) if relu else out
+
+
+def _autocast(*tensors):
+    """The floating-point tensors in the autocast dtype of x's device while autocast is on."""
+    x = tensors[0]
+    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
 
 
 def _check_args(x, weight, bias, relu) -> None:
