@@ -61,17 +61,23 @@ def _autocast(*tensors):
 
 def _check_args(x, weight, bias, relu) -> None:
     check_tensor("x", x, dim=4, layout="(N, C_in, H, W)")
+    check_filter(weight, bias, relu, x, x.shape[1], tuple(x.shape[2:]), input_name="x")
+
+
+def check_filter(weight, bias, relu, like: torch.Tensor, in_channels: int, size: tuple, input_name: str) -> None:
+    """Checks a 3x3 convolution's weight, bias and relu for an input of `in_channels` and
+    spatial `size`, on the device and in the dtype of `like`."""
     check_tensor("weight", weight, dim=4, layout="(C_out, C_in, 3, 3)")
-    check_same_device_and_dtype(x=x, weight=weight)
+    check_same_device_and_dtype(**{input_name: like, "weight": weight})
     if tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"weight must be (C_out, C_in, 3, 3), got kernel size {tuple(weight.shape[2:])}")
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"weight takes {weight.shape[1]} input channels but x has {x.shape[1]}")
-    if x.shape[2] < 3 or x.shape[3] < 3:
-        raise ValueError(f"x must be at least 3x3 for a valid 3x3 convolution, got {tuple(x.shape[2:])}")
+    if weight.shape[1] != in_channels:
+        raise ValueError(f"weight takes {weight.shape[1]} input channels but {input_name} has {in_channels}")
+    if size[0] < 3 or size[1] < 3:
+        raise ValueError(f"{input_name} must be at least 3x3 for a valid 3x3 convolution, got {size}")
     if bias is not None:
         check_tensor("bias", bias, dim=1, layout="(C_out,)")
-        check_same_device_and_dtype(x=x, bias=bias)
+        check_same_device_and_dtype(**{input_name: like, "bias": bias})
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have C_out = {weight.shape[0]} entries, got {bias.shape[0]}")
     if not isinstance(relu, bool):
@@ -89,7 +95,7 @@ def _fake(x, weight, bias, relu):
 
 def _fake_backward(grad_out, x, weight, out, output_mask):
     grad_x = torch.empty_like(x, memory_format=torch.channels_last) if output_mask[0] else None
-    grad_weight = torch.empty_like(weight, memory_format=torch.channels_last) if output_mask[1] else None
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
     grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else None
     return grad_x, grad_weight, grad_bias
 

@@ -26,6 +26,16 @@ def crop_concat(up: torch.Tensor, skip: torch.Tensor, *, backend: str | None = N
 
     ``backend`` forces a kernel (see :mod:`unet_fast.ops.backends`); the gradient of ``skip``
     is zero outside the window."""
+    _check_args(up, skip)
+    chosen = _resolve(backend, up.device)
+    if chosen == "torch":
+        return crop_concat_composite(up, skip)
+    if chosen == "triton":
+        return torch.ops.unet_fast.crop_concat_triton(up, skip)
+    return torch.ops.unet_fast.crop_concat(up, skip)
+
+
+def _check_args(up, skip) -> None:
     check_tensor("up", up, dim=4, layout="(N, C, H, W)")
     check_tensor("skip", skip, dim=4, layout="(N, C, H, W)")
     check_same_device_and_dtype(up=up, skip=skip)
@@ -35,12 +45,6 @@ def crop_concat(up: torch.Tensor, skip: torch.Tensor, *, backend: str | None = N
         raise ValueError(
             f"skip's spatial size {tuple(skip.shape[2:])} must be at least up's {tuple(up.shape[2:])}"
         )
-    chosen = _resolve(backend, up.device)
-    if chosen == "torch":
-        return crop_concat_composite(up, skip)
-    if chosen == "triton":
-        return torch.ops.unet_fast.crop_concat_triton(up, skip)
-    return torch.ops.unet_fast.crop_concat(up, skip)
 
 
 @torch.compiler.assume_constant_result

@@ -1,0 +1,159 @@
+"""crop_concat_conv3x3: the first convolution of a U-Net decoder stage applied to the join of
+the up-convolved map with the cropped skip, ``conv3x3_bias_relu(crop_concat(up, skip))``,
+without keeping the concatenated tensor.
+
+- triton: the convolution kernels read their input channels from ``up`` and from the window
+  of ``skip`` directly, so the concatenated tensor never exists, forward or backward.
+- cpu, cuda: the join is built for the vendor convolution and dropped at once; the backward
+  builds it again (one copy, a few percent of the convolution) instead of keeping it alive
+  from forward to backward. ``up`` is kept instead: half the channels.
+- torch: the composite of stock ops, the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unet_fast.ops import backends
+from unet_fast.ops.conv import _autocast, check_filter, conv3x3_bias_relu_composite
+from unet_fast.ops.crop_concat import _check_args as _check_join_args, center_crop_offset, crop_concat_composite
+
+__all__ = ["crop_concat_conv3x3"]
+
+
+def crop_concat_conv3x3(
+    up: torch.Tensor,
+    skip: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    relu: bool = True,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``conv3x3_bias_relu(crop_concat(up, skip), weight, bias, relu)`` for up (N, Cu, h, w),
+    skip (N, Cs, H, W) with H >= h, W >= w, weight (C_out, Cu + Cs, 3, 3)."""
+    up, skip, weight, bias = _autocast(up, skip, weight, bias)
+    _check_join_args(up, skip)
+    check_filter(weight, bias, relu, up, up.shape[1] + skip.shape[1], tuple(up.shape[2:]), input_name="up")
+    chosen = _resolve(backend, up.device)
+    if chosen == "torch":
+        return conv3x3_bias_relu_composite(crop_concat_composite(up, skip), weight, bias, relu)
+    if chosen == "triton":
+        return torch.ops.unet_fast.crop_concat_conv3x3_triton(up, skip, weight, bias, relu)
+    return torch.ops.unet_fast.crop_concat_conv3x3(up, skip, weight, bias, relu)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend, device):
+    return backends.resolve_backend("crop_concat_conv3x3", backend, device)
+
+
+def _output_like(up, weight):
+    n, _, h, w = up.shape
+    return up.new_empty((n, weight.shape[0], h - 2, w - 2)).contiguous(memory_format=torch.channels_last)
+
+
+def _fake(up, skip, weight, bias, relu):
+    return _output_like(up, weight)
+
+
+def _fake_backward(grad_out, up, skip, weight, out, output_mask):
+    channels_last = dict(memory_format=torch.channels_last)
+    grads = (torch.empty_like(up, **channels_last), torch.empty_like(skip, **channels_last),
+             weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]))
+    return tuple(g if wanted else None for g, wanted in zip(grads, output_mask))
+
+
+def _setup_context(ctx, inputs, output):
+    up, skip, weight, bias, relu = inputs
+    ctx.save_for_backward(up, skip, weight, output if relu else None)
+    ctx.has_bias = bias is not None
+
+
+def _register(forward_op, backward_op) -> None:
+    """Fake impls and autograd for one backend's pair of ops."""
+
+    def backward(ctx, grad_out):
+        up, skip, weight, out = ctx.saved_tensors
+        mask = [*ctx.needs_input_grad[:3], ctx.has_bias and ctx.needs_input_grad[3]]
+        return (*backward_op(grad_out, up, skip, weight, out, mask), None)
+
+    torch.library.register_fake(forward_op)(_fake)
+    torch.library.register_fake(backward_op)(_fake_backward)
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+
+
+_BACKWARD_SCHEMA = (
+    "(Tensor grad_out, Tensor up, Tensor skip, Tensor weight, Tensor? out, bool[4] output_mask) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"  # a gradient not asked for is None
+)
+
+
+@torch.library.custom_op("unet_fast::crop_concat_conv3x3", mutates_args=(), device_types=("cpu", "cuda"))
+def _crop_concat_conv3x3(
+    up: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool
+) -> torch.Tensor:
+    joined = torch.ops.unet_fast.crop_concat(up, skip)
+    return torch.ops.unet_fast.conv3x3_bias_relu(joined, weight, bias, relu)
+
+
+@torch.library.custom_op(
+    "unet_fast::crop_concat_conv3x3_backward", mutates_args=(), device_types=("cpu", "cuda"), schema=_BACKWARD_SCHEMA
+)
+def _crop_concat_conv3x3_backward(grad_out, up, skip, weight, out, output_mask):
+    joined = torch.ops.unet_fast.crop_concat(up, skip)
+    wants_join = output_mask[0] or output_mask[1]
+    grad_joined, grad_weight, grad_bias = torch.ops.unet_fast.conv3x3_bias_relu_backward(
+        grad_out, joined, weight, out, [wants_join, output_mask[2], output_mask[3]]
+    )
+    del joined
+    grad_up = grad_joined[:, : up.shape[1]].contiguous(memory_format=torch.channels_last) if output_mask[0] else None
+    grad_skip = None
+    if output_mask[1]:
+        grad_skip = torch.ops.unet_fast.crop_concat_backward(grad_joined, up.shape[1], skip.shape[2], skip.shape[3])
+    return grad_up, grad_skip, grad_weight, grad_bias
+
+
+@torch.library.custom_op("unet_fast::crop_concat_conv3x3_triton", mutates_args=())
+def _crop_concat_conv3x3_triton(
+    up: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool
+) -> torch.Tensor:
+    from unet_fast.kernels import conv3x3 as kernels
+
+    up, skip = (t.contiguous(memory_format=torch.channels_last) for t in (up, skip))
+    out = _output_like(up, weight)
+    kernels.conv3x3_forward(up, skip, weight, bias, out, relu, *_window(up, skip))
+    return out
+
+
+@torch.library.custom_op("unet_fast::crop_concat_conv3x3_triton_backward", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def _crop_concat_conv3x3_triton_backward(grad_out, up, skip, weight, out, output_mask):
+    from unet_fast.kernels import conv3x3 as kernels
+
+    grad_out, up, skip = (t.contiguous(memory_format=torch.channels_last) for t in (grad_out, up, skip))
+    if out is not None:
+        out = out.contiguous(memory_format=torch.channels_last)
+    top, left = _window(up, skip)
+    grad_up = grad_skip = grad_weight = grad_bias = None
+    if output_mask[0] or output_mask[1]:
+        grad_up = torch.empty_like(up)
+        grad_skip = torch.zeros_like(skip)  # zero outside the window
+        kernels.conv3x3_input_grad(grad_out, out, weight, grad_up, grad_skip, top, left)
+    if output_mask[2] or output_mask[3]:
+        accumulator = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        weight_sum = weight.new_zeros(weight.shape, dtype=accumulator)
+        bias_sum = weight.new_zeros(weight.shape[0], dtype=accumulator) if output_mask[3] else None
+        kernels.conv3x3_weight_grad(grad_out, out, up, skip, weight_sum, bias_sum, top, left)
+        grad_weight = weight_sum.to(weight.dtype) if output_mask[2] else None
+        grad_bias = bias_sum.to(weight.dtype) if output_mask[3] else None
+    return (grad_up if output_mask[0] else None, grad_skip if output_mask[1] else None, grad_weight, grad_bias)
+
+
+def _window(up, skip):
+    """(top, left) of the centre window of skip that up's size takes."""
+    return center_crop_offset(skip.shape[2], up.shape[2]), center_crop_offset(skip.shape[3], up.shape[3])
+
+
+_register(_crop_concat_conv3x3_triton, _crop_concat_conv3x3_triton_backward)
+if backends.extension_loaded():
+    _register(_crop_concat_conv3x3, _crop_concat_conv3x3_backward)
