@@ -61,8 +61,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
         grad, x.contiguous(layout), weight.contiguous(layout), std::nullopt, {1, 1}, {0, 0},
         {1, 1}, false, {0, 0}, 1, {output_mask[0], output_mask[1], false});
   }
-  // The weight's gradient in the parameters' usual layout (it is small); x's stays channels_last.
-  if (grad_weight.defined()) grad_weight = grad_weight.contiguous();
+  // The weight's gradient with the weight's own strides (no copy for channels_last
+  // parameters, as unet_fast.UNet keeps them); x's stays channels_last.
+  if (grad_weight.defined() && grad_weight.strides() != weight.strides()) {
+    grad_weight = at::empty_like(weight).copy_(grad_weight);
+  }
   return {grad_x, grad_weight, grad_bias};
 }
 

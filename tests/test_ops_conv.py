@@ -160,3 +160,12 @@ def test_bad_inputs_raise_clear_errors(change, error, match):
     change(args)
     with pytest.raises(error, match=match):
         conv3x3_bias_relu(**args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_weight_gradient_keeps_the_weights_layout(backend, layout, device):
+    x, weight, bias = make(1, 4, 8, 8, 4, dtype=torch.float32, device=device)
+    weight = weight.contiguous(memory_format=layout).requires_grad_()
+    conv3x3_bias_relu(x, weight, bias, backend=backend).sum().backward()
+    assert weight.grad.stride() == weight.stride()

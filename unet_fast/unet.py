@@ -101,6 +101,9 @@ class UNet(nn.Module):
         self.backend = backend
         self.paper_block = paper_block
         self.geometry = UNetGeometry(depth=len(enc_chs) - 1, stages=len(dec_chs) - 1)
+        # The convolutions run channels_last; weights kept that way are not converted on every
+        # call. Same shapes and values, so state_dicts load both ways.
+        self.to(memory_format=torch.channels_last)
 
     def output_size(self, n: int) -> int:
         """Output side length for input side length ``n`` (before ``retain_dim``)."""

@@ -95,7 +95,7 @@ def _fake(x, weight, bias, relu):
 
 def _fake_backward(grad_out, x, weight, out, output_mask):
     grad_x = torch.empty_like(x, memory_format=torch.channels_last) if output_mask[0] else None
-    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
+    grad_weight = torch.empty_like(weight) if output_mask[1] else None
     grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else None
     return grad_x, grad_weight, grad_bias
 

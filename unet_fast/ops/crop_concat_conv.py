@@ -60,7 +60,7 @@ def _fake(up, skip, weight, bias, relu):
 def _fake_backward(grad_out, up, skip, weight, out, output_mask):
     channels_last = dict(memory_format=torch.channels_last)
     grads = (torch.empty_like(up, **channels_last), torch.empty_like(skip, **channels_last),
-             weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]))
+             torch.empty_like(weight), weight.new_empty(weight.shape[0]))
     return tuple(g if wanted else None for g, wanted in zip(grads, output_mask))
 
 
@@ -144,7 +144,7 @@ def _crop_concat_conv3x3_triton_backward(grad_out, up, skip, weight, out, output
         weight_sum = weight.new_zeros(weight.shape, dtype=accumulator)
         bias_sum = weight.new_zeros(weight.shape[0], dtype=accumulator) if output_mask[3] else None
         kernels.conv3x3_weight_grad(grad_out, out, up, skip, weight_sum, bias_sum, top, left)
-        grad_weight = weight_sum.to(weight.dtype) if output_mask[2] else None
+        grad_weight = torch.empty_like(weight).copy_(weight_sum) if output_mask[2] else None
         grad_bias = bias_sum.to(weight.dtype) if output_mask[3] else None
     return (grad_up if output_mask[0] else None, grad_skip if output_mask[1] else None, grad_weight, grad_bias)
 

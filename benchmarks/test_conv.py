@@ -1,0 +1,64 @@
+"""conv3x3_bias_relu and crop_concat_conv3x3 forward+backward at U-Net layers of the 572
+input, against the reference's form (F.conv2d + F.relu on NCHW tensors, crop-and-cat)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_fast import reference
+from unet_fast.ops import available_backends, conv3x3_bias_relu, crop_concat_conv3x3
+
+from conftest import DEVICE, peak_memory_mb, synchronize
+
+# (C_in, C_out, input side): enc1's second convolution, enc3's, and the bottleneck's.
+LAYERS = [(64, 64, 570), (256, 256, 138), (1024, 1024, 30)]
+
+
+def _backends(op):
+    return ["reference"] + [b for b in available_backends(op, DEVICE) if b not in ("torch", "triton") or DEVICE.type == "cuda"]
+
+
+@pytest.mark.parametrize("backend", _backends("conv3x3_bias_relu"))
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: "{}to{}at{}".format(*layer))
+def test_conv3x3_bias_relu_forward_backward(benchmark, backend, layer, device):
+    c_in, c_out, side = layer
+    x = torch.randn(1, c_in, side, side, device=device, requires_grad=True)
+    weight = torch.randn(c_out, c_in, 3, 3, device=device, requires_grad=True)
+    bias = torch.randn(c_out, device=device, requires_grad=True)
+    grad = torch.randn(1, c_out, side - 2, side - 2, device=device)
+
+    def step():
+        if backend == "reference":
+            out = F.relu(F.conv2d(x, weight, bias))
+        else:
+            out = conv3x3_bias_relu(x, weight, bias, backend=backend)
+        out.backward(grad)
+        x.grad = weight.grad = bias.grad = None
+        synchronize()
+
+    benchmark.group = f"conv3x3+bias+ReLU forward+backward, {c_in}->{c_out} at {side}x{side}"
+    benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("backend", _backends("crop_concat_conv3x3"))
+def test_decoder_join_and_conv_forward_backward(benchmark, backend, device):
+    up = torch.randn(1, 64, 392, 392, device=device, requires_grad=True)
+    skip = torch.randn(1, 64, 568, 568, device=device, requires_grad=True)
+    weight = torch.randn(64, 128, 3, 3, device=device, requires_grad=True)
+    bias = torch.randn(64, device=device, requires_grad=True)
+    grad = torch.randn(1, 64, 390, 390, device=device)
+
+    def step():
+        if backend == "reference":
+            joined = torch.cat([up, reference.center_crop(skip, up.shape[-2:])], 1)
+            out = F.relu(F.conv2d(joined, weight, bias))
+        else:
+            out = crop_concat_conv3x3(up, skip, weight, bias, backend=backend)
+        out.backward(grad)
+        up.grad = skip.grad = weight.grad = bias.grad = None
+        synchronize()
+
+    benchmark.group = "decoder join + conv3x3+bias+ReLU forward+backward, 572 dec4"
+    benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
