@@ -39,6 +39,26 @@ inline at::Tensor conv3x3_forward(const at::Tensor& x, const at::Tensor& weight,
   return relu ? out.relu_() : out;
 }
 
+// The vendor weight gradient of a layer with few input channels (the U-Net's first, 1 -> 64)
+// runs at a few GFLOP/s; as one batched GEMM of the gradient with the unfolded input patches
+// (9 C_in values a pixel) it is bound by reading the gradient once. Float types only: the
+// reduced-precision GEMM would also round the batch sum.
+inline bool weight_grad_by_unfolding_pays(const at::Tensor& x) {
+  constexpr int64_t kMaxInputChannels = 4;
+  return x.size(1) <= kMaxInputChannels &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
+}
+
+inline at::Tensor weight_grad_by_unfolding(const at::Tensor& grad, const at::Tensor& x,
+                                           const at::Tensor& weight) {
+  // Operands as they lie in memory (the GEMM is fast with the long K dimension unit-strided
+  // in the first and rows of the second): patches (N, 9 C_in, L), gradient (N, L, C_out).
+  const at::Tensor patches = at::im2col(x, {3, 3}, {1, 1}, {0, 0}, {1, 1});
+  const at::Tensor pixels_by_channel = grad.permute({0, 2, 3, 1}).reshape({grad.size(0), -1, grad.size(1)});
+  const at::Tensor per_image = at::bmm(patches, pixels_by_channel);  // (N, 9 C_in, C_out)
+  return per_image.sum(0).t().reshape(weight.sizes());
+}
+
 template <typename ReluGradAndBiasSum>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
@@ -56,11 +76,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
   }
   if (grad_bias.defined()) grad_bias = grad_bias.to(weight.scalar_type());
   at::Tensor grad_x, grad_weight;
-  if (output_mask[0] || output_mask[1]) {
+  const bool unfold = output_mask[1] && weight_grad_by_unfolding_pays(x);
+  if (output_mask[0] || (output_mask[1] && !unfold)) {
     std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
         grad, x.contiguous(layout), weight.contiguous(layout), std::nullopt, {1, 1}, {0, 0},
-        {1, 1}, false, {0, 0}, 1, {output_mask[0], output_mask[1], false});
+        {1, 1}, false, {0, 0}, 1, {output_mask[0], output_mask[1] && !unfold, false});
   }
+  if (unfold) grad_weight = weight_grad_by_unfolding(grad, x, weight);
   // The weight's gradient with the weight's own strides (no copy for channels_last
   // parameters, as unet_fast.UNet keeps them); x's stays channels_last.
   if (grad_weight.defined() && grad_weight.strides() != weight.strides()) {
