@@ -124,3 +124,13 @@ def test_bad_inputs_raise_clear_errors(change, error, match):
     change(args)
     with pytest.raises(error, match=match):
         crop_concat_conv3x3(**args)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_the_joined_tensor_is_not_kept_for_backward(backend, device):
+    up, skip, weight, bias = make(*SHAPES[0], dtype=torch.float32, device=device)
+    joined_channels = up.shape[1] + skip.shape[1]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        crop_concat_conv3x3(up, skip, weight.requires_grad_(), bias, backend=backend)
+    assert saved and all(len(shape) != 4 or shape[1] != joined_channels or shape[0] != up.shape[0] for shape in saved)
