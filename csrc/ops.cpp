@@ -58,4 +58,9 @@ TORCH_LIBRARY(unet_fast, m) {
   m.def(
       "conv3x3_bias_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? out, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // 2x2 max-pool, stride 2 (a last odd row or column is dropped), keeping no indices.
+  m.def("max_pool2x2(Tensor x) -> Tensor");
+  // The input's gradient: each output's gradient goes to the first maximum of its window,
+  // found again from x and the saved output; zero elsewhere.
+  m.def("max_pool2x2_backward(Tensor grad_out, Tensor x, Tensor out) -> Tensor");
 }

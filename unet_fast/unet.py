@@ -45,13 +45,13 @@ class Encoder(nn.Module):
     def __init__(self, chs: Sequence[int], final_relu: bool):
         super().__init__()
         self.enc_blocks = nn.ModuleList(Block(chs[i], chs[i + 1], final_relu) for i in range(len(chs) - 1))
-        self.pool = nn.MaxPool2d(2)
+        self.pool = nn.MaxPool2d(2)  # the reference's module tree; forward pools with ops.max_pool2x2
 
     def forward(self, x: torch.Tensor, backend: str | None) -> list[torch.Tensor]:
         features = []
         for level, block in enumerate(self.enc_blocks):
             if level:
-                x = self.pool(x)
+                x = ops.max_pool2x2(x, backend=backend)
             x = block(x, backend)
             features.append(x)
         return features

@@ -81,6 +81,13 @@ UNET_FAST_HOST_DEVICE inline float log_at_least_one(float x) {
 #endif
 }
 
+// max(a, b) that lets a NaN in b through (NaN logits give a NaN loss, a NaN in a pooling
+// window a NaN output). Bitwise `|`, not `||`: no branch, so loops over it vectorise.
+template <typename T>
+UNET_FAST_HOST_DEVICE inline T max_keep_nan(T a, T b) {
+  return ((b > a) | (b != b)) ? b : a;
+}
+
 UNET_FAST_HOST_DEVICE inline double exp_nonpositive(double x) { return exp(x); }
 UNET_FAST_HOST_DEVICE inline double log_at_least_one(double x) { return log(x); }
 

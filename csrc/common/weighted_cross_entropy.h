@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "box.h"
+#include "fast_math.h"
 
 namespace unet_fast {
 
@@ -24,13 +25,6 @@ UNET_FAST_HOST_DEVICE inline T pixel_weight(int64_t label, int64_t ignore_index,
 UNET_FAST_HOST_DEVICE inline bool label_is_valid(int64_t label, int64_t ignore_index,
                                                  int64_t classes) {
   return (label == ignore_index) | ((0 <= label) & (label < classes));
-}
-
-// max(a, b) that lets a NaN in b through, so NaN logits give a NaN loss. Bitwise `|`, not
-// `||`: no branch, so loops over it vectorise.
-template <typename T>
-UNET_FAST_HOST_DEVICE inline T max_keep_nan(T a, T b) {
-  return ((b > a) | (b != b)) ? b : a;
 }
 
 // Gradient entry for class c: (softmax_c - [c == t]) * scale, given exp(z_c - max), the

@@ -19,9 +19,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from unet_fast.kernels import INTERPRETED, conv3x3, crop_concat, weighted_cross_entropy
+from unet_fast.kernels import INTERPRETED, conv3x3, crop_concat, max_pool, weighted_cross_entropy
 
-MODULES = (conv3x3, crop_concat, weighted_cross_entropy)
+MODULES = (conv3x3, crop_concat, max_pool, weighted_cross_entropy)
 ARCHITECTURES = (80, 90)
 
 

@@ -1,0 +1,99 @@
+"""max_pool2x2 on every backend against F.max_pool2d: values and gradients exactly (also with
+ties and odd sizes), float64 gradcheck, NaN, layouts, memory kept for backward, opcheck,
+torch.compile and bad inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_fast.ops import max_pool2x2
+
+from conftest import backends_for
+
+BACKENDS = backends_for("max_pool2x2")
+CUSTOM_OPS = {
+    "cpu": torch.ops.unet_fast.max_pool2x2,
+    "cuda": torch.ops.unet_fast.max_pool2x2,
+    "triton": torch.ops.unet_fast.max_pool2x2_triton,
+}
+SHAPES = [(2, 3, 8, 8), (1, 2, 7, 9), (1, 1, 2, 2), (2, 5, 3, 6)]
+
+
+def pooled_and_grad(x, grad, **kwargs):
+    x = x.detach().clone().requires_grad_()
+    out = max_pool2x2(x, **kwargs) if kwargs else F.max_pool2d(x, 2)
+    out.backward(grad)
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_values_and_gradient_equal_f_max_pool2d(backend, dtype, layout, shape, device):
+    x = torch.randn(shape, device=device).to(dtype).contiguous(memory_format=layout)
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, device=device).to(dtype)
+    out, grad_x = pooled_and_grad(x, grad, backend=backend)
+    want_out, want_grad = pooled_and_grad(x, grad)
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0)
+    torch.testing.assert_close(grad_x, want_grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_send_the_gradient_to_the_first_maximum(backend, device):
+    x = torch.tensor([[[[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 2.0]]]], device=device)
+    grad = torch.tensor([[[[5.0, 7.0]]]], device=device)
+    out, grad_x = pooled_and_grad(x, grad, backend=backend)
+    assert out.tolist() == [[[[1.0, 2.0]]]]
+    assert grad_x.tolist() == [[[[5.0, 0.0, 0.0, 7.0], [0.0, 0.0, 0.0, 0.0]]]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates(backend, device):
+    x = torch.zeros(1, 1, 2, 4, device=device)
+    x[0, 0, 1, 0] = float("nan")
+    out = max_pool2x2(x, backend=backend)
+    assert torch.isnan(out[0, 0, 0, 0]) and out[0, 0, 0, 1] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(backend, device):
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: max_pool2x2(x, backend=backend), (x,), fast_mode=backend == "triton")
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_keeps_no_indices_for_backward(backend, device):
+    x = torch.randn(1, 4, 8, 8, device=device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        max_pool2x2(x, backend=backend)
+    assert saved and torch.int64 not in saved
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in CUSTOM_OPS])
+def test_opcheck(backend, device):
+    x = torch.randn(2, 3, 7, 6, device=device, requires_grad=True)
+    torch.library.opcheck(CUSTOM_OPS[backend], (x,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend, device):
+    x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
+    fn = lambda x: max_pool2x2(x, backend=backend).sin().sum()  # noqa: E731
+    (grad_compiled,) = torch.autograd.grad(torch.compile(fn, fullgraph=True)(x), x)
+    (grad_eager,) = torch.autograd.grad(fn(x), x)
+    torch.testing.assert_close(grad_compiled, grad_eager)
+
+
+@pytest.mark.parametrize(
+    "x,error,match",
+    [
+        (torch.randn(3, 8, 8), ValueError, "x must be 4-D"),
+        (torch.randn(1, 1, 1, 8), ValueError, r"x must be at least 2x2 to pool, got \(1, 8\)"),
+        (torch.zeros(1, 1, 4, 4, dtype=torch.long), TypeError, "x must have dtype"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(x, error, match):
+    with pytest.raises(error, match=match):
+        max_pool2x2(x)

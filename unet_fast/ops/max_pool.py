@@ -1,0 +1,88 @@
+"""max_pool2x2: the U-Net's 2x2, stride-2 max-pool, keeping no indices.
+
+``F.max_pool2d`` keeps an int64 index per output for its backward (75 MiB over a 572x572
+U-Net's encoder, twice the pooled maps themselves). The backward here finds each window's
+first maximum again from the input and the output, which the network keeps anyway (the input
+is the skip connection, the output the next block's input). The gradient goes where
+``F.max_pool2d``'s does, except among several NaNs in one window (here: the first).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unet_fast.ops import backends
+from unet_fast.ops._checks import check_tensor, memory_format_of
+
+__all__ = ["max_pool2x2"]
+
+
+def max_pool2x2(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)`` for x (N, C, H, W), H, W >= 2: (N, C, H // 2, W // 2)."""
+    check_tensor("x", x, dim=4, layout="(N, C, H, W)")
+    if x.shape[2] < 2 or x.shape[3] < 2:
+        raise ValueError(f"x must be at least 2x2 to pool, got {tuple(x.shape[2:])}")
+    chosen = _resolve(backend, x.device)
+    if chosen == "torch":
+        return F.max_pool2d(x, 2)
+    if chosen == "triton":
+        return torch.ops.unet_fast.max_pool2x2_triton(x)
+    return torch.ops.unet_fast.max_pool2x2(x)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(backend, device):
+    return backends.resolve_backend("max_pool2x2", backend, device)
+
+
+def _new_output(x):
+    n, c, h, w = x.shape
+    return torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
+
+
+def _new_input_grad(grad_out, x, out):
+    """The input's gradient, zero in a last odd row or column (no window covers it)."""
+    grad = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
+    if x.shape[2] % 2:
+        grad[:, :, -1].zero_()
+    if x.shape[3] % 2:
+        grad[:, :, :, -1].zero_()
+    return grad
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _register(forward_op, backward_op) -> None:
+    def backward(ctx, grad_out):
+        x, out = ctx.saved_tensors
+        return backward_op(grad_out, x, out)
+
+    torch.library.register_fake(forward_op)(_new_output)
+    torch.library.register_fake(backward_op)(_new_input_grad)
+    torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("unet_fast::max_pool2x2_triton", mutates_args=())
+def _max_pool2x2_triton(x: torch.Tensor) -> torch.Tensor:
+    from unet_fast.kernels import max_pool as kernels
+
+    out = _new_output(x)
+    kernels.max_pool_forward(x, out)
+    return out
+
+
+@torch.library.custom_op("unet_fast::max_pool2x2_triton_backward", mutates_args=())
+def _max_pool2x2_triton_backward(grad_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    from unet_fast.kernels import max_pool as kernels
+
+    grad_x = _new_input_grad(grad_out, x, out)
+    kernels.max_pool_backward(grad_out, x, out, grad_x)
+    return grad_x
+
+
+_register(_max_pool2x2_triton, _max_pool2x2_triton_backward)
+if backends.extension_loaded():
+    _register(torch.ops.unet_fast.max_pool2x2.default, torch.ops.unet_fast.max_pool2x2_backward.default)
