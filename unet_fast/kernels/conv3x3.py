@@ -279,6 +279,16 @@ def conv3x3_weight_grad(grad_out, out, x1, x2, grad_weight, grad_bias, top: int,
     )
 
 
+def weight_and_bias_grad(grad_out, out, x1, x2, weight, with_bias: bool, top: int, left: int):
+    """(the weight's gradient with the weight's strides, the bias's or None), accumulated in
+    fp32 (fp64 for fp64) by conv3x3_weight_grad."""
+    accumulator = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    weight_sum = weight.new_zeros(weight.shape, dtype=accumulator)
+    bias_sum = weight.new_zeros(weight.shape[0], dtype=accumulator) if with_bias else None
+    conv3x3_weight_grad(grad_out, out, x1, x2, weight_sum, bias_sum, top, left)
+    return torch.empty_like(weight).copy_(weight_sum), bias_sum.to(weight.dtype) if with_bias else None
+
+
 # The GPU layout: activations and gradients channels_last, weights packed by the launchers so
 # that the channel dimension each tile walks along has unit stride.
 _UNIT_STRIDES = {

@@ -29,7 +29,7 @@ def conv3x3_bias_relu(
 ) -> torch.Tensor:
     """``relu(conv2d(x, weight, bias))`` (without the ReLU if ``relu=False``) for x (N, C_in,
     H, W), weight (C_out, C_in, 3, 3), bias (C_out,) or None; returns (N, C_out, H-2, W-2)."""
-    x, weight, bias = _autocast(x, weight, bias)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     _check_args(x, weight, bias, relu)
     chosen = _resolve(backend, x.device)
     if chosen == "torch":
@@ -50,8 +50,8 @@ def conv3x3_bias_relu_composite(x, weight, bias, relu):
     return F.relu(out) if relu else out
 
 
-def _autocast(*tensors):
-    """The floating-point tensors in the autocast dtype of x's device while autocast is on."""
+def autocast_inputs(*tensors):
+    """The floating-point tensors in the autocast dtype of the first one's device while autocast is on."""
     x = tensors[0]
     if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
         return tensors
@@ -84,13 +84,13 @@ def check_filter(weight, bias, relu, like: torch.Tensor, in_channels: int, size:
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
 
 
-def _output_like(x, weight):
+def new_conv_output(x, weight):
     n, _, h, w = x.shape
     return x.new_empty((n, weight.shape[0], h - 2, w - 2)).contiguous(memory_format=torch.channels_last)
 
 
 def _fake(x, weight, bias, relu):
-    return _output_like(x, weight)
+    return new_conv_output(x, weight)
 
 
 def _fake_backward(grad_out, x, weight, out, output_mask):
@@ -125,7 +125,7 @@ def _conv3x3_bias_relu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     from unet_fast.kernels import conv3x3 as kernels
 
     x = x.contiguous(memory_format=torch.channels_last)
-    out = _output_like(x, weight)
+    out = new_conv_output(x, weight)
     kernels.conv3x3_forward(x, x, weight, bias, out, relu, 0, 0)
     return out
 
@@ -143,19 +143,13 @@ def _conv3x3_bias_relu_triton_backward(grad_out, x, weight, out, output_mask):
     x = x.contiguous(memory_format=torch.channels_last)
     if out is not None:
         out = out.contiguous(memory_format=torch.channels_last)
-    grad_x, grad_weight, grad_bias = _fake_backward(grad_out, x, weight, out, output_mask)
-    if grad_x is not None:
+    grad_x = grad_weight = grad_bias = None
+    if output_mask[0]:
+        grad_x = torch.empty_like(x)
         kernels.conv3x3_input_grad(grad_out, out, weight, grad_x, grad_x, 0, 0)
-    if grad_weight is not None or grad_bias is not None:
-        accumulator = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        weight_sum = weight.new_zeros(weight.shape, dtype=accumulator)
-        bias_sum = weight.new_zeros(weight.shape[0], dtype=accumulator) if grad_bias is not None else None
-        kernels.conv3x3_weight_grad(grad_out, out, x, x, weight_sum, bias_sum, 0, 0)
-        if grad_weight is not None:
-            grad_weight.copy_(weight_sum)
-        if grad_bias is not None:
-            grad_bias.copy_(bias_sum)
-    return grad_x, grad_weight, grad_bias
+    if output_mask[1] or output_mask[2]:
+        grad_weight, grad_bias = kernels.weight_and_bias_grad(grad_out, out, x, x, weight, output_mask[2], 0, 0)
+    return grad_x, grad_weight if output_mask[1] else None, grad_bias
 
 
 _register(_conv3x3_bias_relu_triton, _conv3x3_bias_relu_triton_backward)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from unet_fast.ops import backends
-from unet_fast.ops.conv import _autocast, check_filter, conv3x3_bias_relu_composite
+from unet_fast.ops.conv import autocast_inputs, new_conv_output, check_filter, conv3x3_bias_relu_composite
 from unet_fast.ops.crop_concat import _check_args as _check_join_args, center_crop_offset, crop_concat_composite
 
 __all__ = ["crop_concat_conv3x3"]
@@ -32,7 +32,7 @@ def crop_concat_conv3x3(
 ) -> torch.Tensor:
     """``conv3x3_bias_relu(crop_concat(up, skip), weight, bias, relu)`` for up (N, Cu, h, w),
     skip (N, Cs, H, W) with H >= h, W >= w, weight (C_out, Cu + Cs, 3, 3)."""
-    up, skip, weight, bias = _autocast(up, skip, weight, bias)
+    up, skip, weight, bias = autocast_inputs(up, skip, weight, bias)
     _check_join_args(up, skip)
     check_filter(weight, bias, relu, up, up.shape[1] + skip.shape[1], tuple(up.shape[2:]), input_name="up")
     chosen = _resolve(backend, up.device)
@@ -48,13 +48,8 @@ def _resolve(backend, device):
     return backends.resolve_backend("crop_concat_conv3x3", backend, device)
 
 
-def _output_like(up, weight):
-    n, _, h, w = up.shape
-    return up.new_empty((n, weight.shape[0], h - 2, w - 2)).contiguous(memory_format=torch.channels_last)
-
-
 def _fake(up, skip, weight, bias, relu):
-    return _output_like(up, weight)
+    return new_conv_output(up, weight)
 
 
 def _fake_backward(grad_out, up, skip, weight, out, output_mask):
@@ -121,7 +116,7 @@ def _crop_concat_conv3x3_triton(
     from unet_fast.kernels import conv3x3 as kernels
 
     up, skip = (t.contiguous(memory_format=torch.channels_last) for t in (up, skip))
-    out = _output_like(up, weight)
+    out = new_conv_output(up, weight)
     kernels.conv3x3_forward(up, skip, weight, bias, out, relu, *_window(up, skip))
     return out
 
@@ -140,13 +135,9 @@ def _crop_concat_conv3x3_triton_backward(grad_out, up, skip, weight, out, output
         grad_skip = torch.zeros_like(skip)  # zero outside the window
         kernels.conv3x3_input_grad(grad_out, out, weight, grad_up, grad_skip, top, left)
     if output_mask[2] or output_mask[3]:
-        accumulator = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        weight_sum = weight.new_zeros(weight.shape, dtype=accumulator)
-        bias_sum = weight.new_zeros(weight.shape[0], dtype=accumulator) if output_mask[3] else None
-        kernels.conv3x3_weight_grad(grad_out, out, up, skip, weight_sum, bias_sum, top, left)
-        grad_weight = torch.empty_like(weight).copy_(weight_sum) if output_mask[2] else None
-        grad_bias = bias_sum.to(weight.dtype) if output_mask[3] else None
-    return (grad_up if output_mask[0] else None, grad_skip if output_mask[1] else None, grad_weight, grad_bias)
+        grad_weight, grad_bias = kernels.weight_and_bias_grad(grad_out, out, up, skip, weight, output_mask[3], top, left)
+    return (grad_up if output_mask[0] else None, grad_skip if output_mask[1] else None,
+            grad_weight if output_mask[2] else None, grad_bias)
 
 
 def _window(up, skip):
