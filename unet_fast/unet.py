@@ -28,16 +28,15 @@ class Block(nn.Module):
         self.final_relu = final_relu
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        x = ops.conv3x3_bias_relu(x, self.conv1.weight, self.conv1.bias, relu=True, backend=backend)
-        return self._second(x, backend)
+        """Keeps only x and the output for backward (the first convolution is recomputed)."""
+        return ops.conv3x3_block(
+            x, self.conv1.weight, self.conv1.bias, self.conv2.weight, self.conv2.bias, self.final_relu, backend=backend
+        )
 
     def forward_joined(self, up: torch.Tensor, skip: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """The block on the decoder's join of ``up`` with the centre crop of ``skip``, without
         keeping the joined tensor."""
         x = ops.crop_concat_conv3x3(up, skip, self.conv1.weight, self.conv1.bias, relu=True, backend=backend)
-        return self._second(x, backend)
-
-    def _second(self, x: torch.Tensor, backend: str | None) -> torch.Tensor:
         return ops.conv3x3_bias_relu(x, self.conv2.weight, self.conv2.bias, relu=self.final_relu, backend=backend)
 
 

@@ -30,8 +30,8 @@ def conv3x3_bias_relu(
     """``relu(conv2d(x, weight, bias))`` (without the ReLU if ``relu=False``) for x (N, C_in,
     H, W), weight (C_out, C_in, 3, 3), bias (C_out,) or None; returns (N, C_out, H-2, W-2)."""
     x, weight, bias = autocast_inputs(x, weight, bias)
-    _check_args(x, weight, bias, relu)
-    chosen = _resolve(backend, x.device)
+    check_conv_args(x, weight, bias, relu)
+    chosen = resolve_conv_backend(backend, x.device)
     if chosen == "torch":
         return conv3x3_bias_relu_composite(x, weight, bias, relu)
     if chosen == "triton":
@@ -40,7 +40,7 @@ def conv3x3_bias_relu(
 
 
 @torch.compiler.assume_constant_result
-def _resolve(backend, device):
+def resolve_conv_backend(backend, device):
     return backends.resolve_backend("conv3x3_bias_relu", backend, device)
 
 
@@ -59,7 +59,7 @@ def autocast_inputs(*tensors):
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
 
 
-def _check_args(x, weight, bias, relu) -> None:
+def check_conv_args(x, weight, bias, relu) -> None:
     check_tensor("x", x, dim=4, layout="(N, C_in, H, W)")
     check_filter(weight, bias, relu, x, x.shape[1], tuple(x.shape[2:]), input_name="x")
 

@@ -26,7 +26,7 @@ def crop_concat(up: torch.Tensor, skip: torch.Tensor, *, backend: str | None = N
 
     ``backend`` forces a kernel (see :mod:`unet_fast.ops.backends`); the gradient of ``skip``
     is zero outside the window."""
-    _check_args(up, skip)
+    check_join_args(up, skip)
     chosen = _resolve(backend, up.device)
     if chosen == "torch":
         return crop_concat_composite(up, skip)
@@ -35,7 +35,7 @@ def crop_concat(up: torch.Tensor, skip: torch.Tensor, *, backend: str | None = N
     return torch.ops.unet_fast.crop_concat(up, skip)
 
 
-def _check_args(up, skip) -> None:
+def check_join_args(up, skip) -> None:
     check_tensor("up", up, dim=4, layout="(N, C, H, W)")
     check_tensor("skip", skip, dim=4, layout="(N, C, H, W)")
     check_same_device_and_dtype(up=up, skip=skip)

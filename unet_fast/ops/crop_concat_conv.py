@@ -16,7 +16,7 @@ import torch
 
 from unet_fast.ops import backends
 from unet_fast.ops.conv import autocast_inputs, new_conv_output, check_filter, conv3x3_bias_relu_composite
-from unet_fast.ops.crop_concat import _check_args as _check_join_args, center_crop_offset, crop_concat_composite
+from unet_fast.ops.crop_concat import center_crop_offset, check_join_args, crop_concat_composite
 
 __all__ = ["crop_concat_conv3x3"]
 
@@ -33,7 +33,7 @@ def crop_concat_conv3x3(
     """``conv3x3_bias_relu(crop_concat(up, skip), weight, bias, relu)`` for up (N, Cu, h, w),
     skip (N, Cs, H, W) with H >= h, W >= w, weight (C_out, Cu + Cs, 3, 3)."""
     up, skip, weight, bias = autocast_inputs(up, skip, weight, bias)
-    _check_join_args(up, skip)
+    check_join_args(up, skip)
     check_filter(weight, bias, relu, up, up.shape[1] + skip.shape[1], tuple(up.shape[2:]), input_name="up")
     chosen = _resolve(backend, up.device)
     if chosen == "torch":
