@@ -78,9 +78,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
   at::Tensor grad_x, grad_weight;
   const bool unfold = output_mask[1] && weight_grad_by_unfolding_pays(x);
   if (output_mask[0] || (output_mask[1] && !unfold)) {
+    // x's values only matter for the weight's gradient; for x's own only its shape does.
+    const bool vendor_weight_grad = output_mask[1] && !unfold;
     std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
-        grad, x.contiguous(layout), weight.contiguous(layout), std::nullopt, {1, 1}, {0, 0},
-        {1, 1}, false, {0, 0}, 1, {output_mask[0], output_mask[1] && !unfold, false});
+        grad, vendor_weight_grad ? x.contiguous(layout) : x, weight.contiguous(layout), std::nullopt,
+        {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1, {output_mask[0], vendor_weight_grad, false});
   }
   if (unfold) grad_weight = weight_grad_by_unfolding(grad, x, weight);
   // The weight's gradient with the weight's own strides (no copy for channels_last
