@@ -4,18 +4,7 @@ sources, one flat 1-D grid of (plane, block) programs so no grid dimension overf
 import triton
 import triton.language as tl
 
-from unet_fast.kernels import INTERPRETED
-
-# The interpreter pays per program, so there one program covers a whole plane.
-_GPU_BLOCK = 1024
-_INTERPRETER_MAX_BLOCK = 1 << 16
-
-
-def _block_size(plane_numel: int) -> int:
-    if INTERPRETED:
-        return min(_INTERPRETER_MAX_BLOCK, triton.next_power_of_2(max(plane_numel, 16)))
-    return _GPU_BLOCK
-
+from unet_fast.kernels import GPU_BLOCK, elementwise_block
 
 @triton.jit
 def _plane_block(channels, width, plane_size, blocks_per_plane, BLOCK: tl.constexpr):
@@ -65,7 +54,7 @@ def crop_concat_backward_kernel(
 def crop_concat_forward(up, skip, out, top: int, left: int) -> None:
     """Fills ``out`` (N, Cu + Cs, h, w) with ``up`` and the (top, left) window of ``skip``."""
     n, channels, h, w = out.shape
-    block = _block_size(h * w)
+    block = elementwise_block(h * w)
     blocks_per_plane = triton.cdiv(h * w, block)
     grid = (n * channels * blocks_per_plane,)
     if grid[0] == 0:
@@ -81,7 +70,7 @@ def crop_concat_backward(grad_out, grad_skip, top: int, left: int) -> None:
     zeros elsewhere."""
     n, skip_channels, skip_h, skip_w = grad_skip.shape
     h, w = grad_out.shape[2:]
-    block = _block_size(skip_h * skip_w)
+    block = elementwise_block(skip_h * skip_w)
     blocks_per_plane = triton.cdiv(skip_h * skip_w, block)
     grid = (n * skip_channels * blocks_per_plane,)
     if grid[0] == 0:
@@ -100,4 +89,4 @@ def aot_configurations():
             names = kernel.arg_names
             signature = {name: f"*{dtype}" if i < pointers else "i64" for i, name in enumerate(names)}
             signature["BLOCK"] = "constexpr"
-            yield kernel, signature, {"BLOCK": _GPU_BLOCK}
+            yield kernel, signature, {"BLOCK": GPU_BLOCK}

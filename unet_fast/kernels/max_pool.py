@@ -6,18 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from unet_fast.kernels import INTERPRETED
-
-# The interpreter pays per program, so there one program covers up to 2**16 outputs.
-_GPU_BLOCK = 1024
-_INTERPRETER_MAX_BLOCK = 1 << 16
-
-
-def _block_size(numel: int) -> int:
-    if INTERPRETED:
-        return min(_INTERPRETER_MAX_BLOCK, triton.next_power_of_2(max(numel, 16)))
-    return _GPU_BLOCK
-
+from unet_fast.kernels import GPU_BLOCK, elementwise_block
 
 @triton.jit
 def _outputs(numel, C, OH, OW, BLOCK: tl.constexpr):
@@ -86,7 +75,7 @@ def max_pool_forward(x, out) -> None:
     numel = out.numel()
     if numel == 0:
         return
-    block = _block_size(numel)
+    block = elementwise_block(numel)
     max_pool_forward_kernel[(triton.cdiv(numel, block),)](
         x, out, numel, *out.shape[1:], *x.stride(), *out.stride(), ACC=_acc_dtype(x), BLOCK=block,
     )
@@ -97,7 +86,7 @@ def max_pool_backward(grad_out, x, out, grad_x) -> None:
     numel = out.numel()
     if numel == 0:
         return
-    block = _block_size(numel)
+    block = elementwise_block(numel)
     max_pool_backward_kernel[(triton.cdiv(numel, block),)](
         grad_out, x, out, grad_x, numel, *out.shape[1:],
         *grad_out.stride(), *x.stride(), *out.stride(), *grad_x.stride(), ACC=_acc_dtype(x), BLOCK=block,
@@ -111,4 +100,4 @@ def aot_configurations():
         for kernel, pointers in ((max_pool_forward_kernel, 2), (max_pool_backward_kernel, 4)):
             signature = {name: f"*{dtype}" if i < pointers else "i64" for i, name in enumerate(kernel.arg_names)}
             signature.update(ACC="constexpr", BLOCK="constexpr")
-            yield kernel, signature, {"ACC": tl.float32, "BLOCK": _GPU_BLOCK}
+            yield kernel, signature, {"ACC": tl.float32, "BLOCK": GPU_BLOCK}
