@@ -3,8 +3,8 @@ only its input and output for backward and computes the first convolution's outp
 
 The first convolution's output is the largest tensor a block keeps (64x570x570 floats, 83 MB,
 in the first block at 572). Its input and output are kept anyway (the input is the pooled map,
-kept by the pool; the output is the skip connection), so recomputing the first convolution (a
-tenth of the step) takes the encoder's saved activations down by about a third.
+kept by the pool; the output is the skip connection). Recomputing it took a 572x572 training
+step's peak from 742 to 599 MiB for about 0.2 s (8%) more time.
 """
 
 from __future__ import annotations
