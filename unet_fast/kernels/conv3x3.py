@@ -58,6 +58,12 @@ def _load_two_sources(x1_ptr, x2_ptr, img, y, x, k0, row_mask, C1, C_IN, top, le
 
 
 @triton.jit
+def _pixel(index, H, W):
+    """(image, y, x) of the pixels with flat index `index` in images of H x W."""
+    return index // (H * W), index % (H * W) // W, index % W
+
+
+@triton.jit
 def _masked_grad(g_ptr, y_ptr, offset, mask, RELU: tl.constexpr):
     """The incoming gradient at `offset`, zero where the saved output says the ReLU was off."""
     g = tl.load(g_ptr + offset, mask=mask, other=0.0)
@@ -80,9 +86,7 @@ def conv3x3_forward_kernel(
     co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < M
     co_mask = co < C_OUT
-    img = rows // (OH * OW)
-    oy = rows % (OH * OW) // OW
-    ox = rows % OW
+    img, oy, ox = _pixel(rows, OH, OW)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for tap in range(9):
         for k0 in range(0, C_IN, BLOCK_K):
@@ -116,9 +120,7 @@ def conv3x3_input_grad_kernel(
     ci = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < M
     ci_mask = ci < C_IN
-    img = rows // (H * W)
-    iy = rows % (H * W) // W
-    ix = rows % W
+    img, iy, ix = _pixel(rows, H, W)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for tap in range(9):
         oy = iy - tap // 3
@@ -161,9 +163,7 @@ def conv3x3_weight_grad_kernel(
     for k0 in range(0, pixels_per_split, BLOCK_K):
         pixels = first + k0 + tl.arange(0, BLOCK_K)
         pixel_mask = (pixels < K) & (k0 + tl.arange(0, BLOCK_K) < pixels_per_split)
-        img = pixels // (OH * OW)
-        oy = pixels % (OH * OW) // OW
-        ox = pixels % OW
+        img, oy, ox = _pixel(pixels, OH, OW)
         offset = co[:, None] * g_sc + (img * g_sn + oy * g_sh + ox * g_sw)[None, :]
         g = _masked_grad(g_ptr, y_ptr, offset, co_mask[:, None] & pixel_mask[None, :], RELU)
         x = _load_two_sources(x1_ptr, x2_ptr, img, oy + tap // 3, ox + tap % 3, tl.program_id(1) // 9 * BLOCK_N,
