@@ -1,0 +1,112 @@
+"""Synthetic cells and folder datasets."""
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from scipy import ndimage
+
+from unet_fast import data
+
+
+def test_synthetic_cells_are_reproducible_and_differ_by_seed():
+    first, again, other = (data.synthetic_cells(96, 128, seed=s) for s in (3, 3, 4))
+    np.testing.assert_array_equal(first.image, again.image)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert not np.array_equal(first.labels, other.labels)
+    assert first.image.shape == first.labels.shape == (96, 128)
+    assert first.image.dtype == np.float32 and first.labels.dtype == np.int32
+
+
+def test_synthetic_cells_are_many_touching_consecutively_labelled_objects():
+    sample = data.synthetic_cells(256, 256, seed=0)
+    count = sample.labels.max()
+    assert 40 < count < 400
+    np.testing.assert_array_equal(np.unique(sample.labels), np.arange(count + 1))
+    coverage = (sample.labels > 0).mean()
+    assert 0.2 < coverage < 0.6
+    # Touching cells are parted by background: parting them again changes nothing.
+    np.testing.assert_array_equal(data.separate_touching(sample.labels), sample.labels)
+    # Parted groups exist: background pixels with two different objects around them.
+    highest = ndimage.maximum_filter(sample.labels, size=3)
+    lowest = ndimage.minimum_filter(np.where(sample.labels == 0, 10**6, sample.labels), size=3)
+    assert np.count_nonzero((sample.labels == 0) & (lowest < 10**6) & (highest != lowest)) > 50
+
+
+def test_synthetic_cells_are_brighter_than_the_background_but_not_separable_by_one_threshold():
+    sample = data.synthetic_cells(256, 256, seed=1)
+    cells, background = sample.image[sample.labels > 0], sample.image[sample.labels == 0]
+    assert cells.mean() > background.mean() + 3 * background.std()
+    # Dim cells under uneven illumination overlap the background's intensities.
+    assert np.percentile(cells, 2) < np.percentile(background, 98)
+
+
+def test_separate_touching_parts_objects_and_keeps_isolated_ones():
+    labels = np.zeros((5, 8), np.int32)
+    labels[1:4, 1:4] = 1
+    labels[1:4, 4:7] = 2
+    parted = data.separate_touching(labels)
+    assert np.all(parted[1:4, 3:5] == 0)
+    assert np.all(parted[1:4, 1:3] == 1) and np.all(parted[1:4, 5:7] == 2)
+    single = np.pad(np.ones((3, 3), np.int32), 1)
+    np.testing.assert_array_equal(data.separate_touching(single), single)
+
+
+def test_normalize_percentiles_maps_the_percentiles_to_0_and_1():
+    image = np.arange(1001, dtype=np.uint16).reshape(7, 143)[:, :143] * 40
+    normalised = data.normalize_percentiles(image, 1, 99)
+    assert normalised.dtype == np.float32
+    assert np.percentile(normalised, 1) == pytest.approx(0, abs=1e-6)
+    assert np.percentile(normalised, 99) == pytest.approx(1, abs=1e-6)
+    assert np.all(np.isfinite(data.normalize_percentiles(np.zeros((4, 4)))))
+
+
+def _write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".png":
+        Image.fromarray(array).save(path)
+    else:
+        tifffile.imwrite(path, array, photometric="minisblack")
+
+
+def test_folder_dataset_reads_png_and_tiff_instances_binary_masks_and_stacks(tmp_path):
+    rng = np.random.default_rng(0)
+    binary = np.zeros((20, 30), np.uint8)
+    binary[2:6, 2:6] = binary[10:15, 20:28] = 255
+    _write(tmp_path / "images/a.png", rng.integers(0, 255, (20, 30), dtype=np.uint8))
+    _write(tmp_path / "masks/a.png", binary)
+    instances = np.zeros((2, 16, 16), np.uint16)
+    instances[0, 1:5, 1:5], instances[0, 6:9, 6:9], instances[1, 3:12, 3:12] = 1, 2, 7
+    _write(tmp_path / "images/b.tif", rng.integers(0, 65535, (2, 16, 16), dtype=np.uint16))
+    _write(tmp_path / "masks/b.tiff", instances)
+    samples = data.folder_dataset(tmp_path)
+    assert [s.name for s in samples] == ["a", "b[0]", "b[1]"]
+    assert samples[0].labels.max() == 2  # a binary mask's connected components
+    np.testing.assert_array_equal(samples[1].labels, instances[0])
+    np.testing.assert_array_equal(samples[2].labels > 0, instances[1] > 0)
+    assert all(s.image.dtype == np.float32 and s.image.shape == s.labels.shape for s in samples)
+
+
+def test_folder_dataset_reads_colour_images_as_grey(tmp_path):
+    _write(tmp_path / "images/c.png", np.full((12, 10, 3), (30, 60, 90), np.uint8))
+    _write(tmp_path / "masks/c.png", np.ones((12, 10), np.uint8))
+    (sample,) = data.folder_dataset(tmp_path)
+    assert sample.image.shape == (12, 10)
+
+
+def test_folder_dataset_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="must contain images/ and masks/"):
+        data.folder_dataset(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .tif, .tiff or .png images"):
+        data.folder_dataset(tmp_path)
+    _write(tmp_path / "images/x.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(FileNotFoundError, match="x.png has no mask"):
+        data.folder_dataset(tmp_path)
+    _write(tmp_path / "masks/x.png", np.zeros((8, 9), np.uint8))
+    with pytest.raises(ValueError, match=r"x.png has shape \(8, 8\) but its mask x.png has \(8, 9\)"):
+        data.folder_dataset(tmp_path)
+    (tmp_path / "masks/x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*x.png"):
+        data.folder_dataset(tmp_path)
