@@ -1,0 +1,102 @@
+"""Training: tiles, resume, data-parallel equivalence, and learning something real."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from skimage.filters import threshold_otsu
+
+from unet_fast import data, metrics
+from unet_fast.checkpoint import TrainConfig, load_checkpoint
+from unet_fast.predict import segment
+from unet_fast.training import TileSampler, datasets, train
+
+TINY = dict(widths=(4, 8, 16), tile=60, synthetic_images=2, synthetic_size=64, val_every=0, checkpoint_every=0)
+
+
+def test_tiles_are_reproducible_and_aligned_with_the_output():
+    config = TrainConfig(**TINY)
+    sampler = TileSampler(datasets(config)[0], config)
+    image, target, weights = sampler.draw(step=3, index=1)
+    again = sampler.draw(step=3, index=1)
+    other = sampler.draw(step=4, index=1)
+    assert image.shape == (1, 60, 60) and target.shape == weights.shape == (20, 20)
+    assert target.dtype == torch.int64 and set(target.unique().tolist()) <= {0, 1}
+    torch.testing.assert_close(again[0], image, rtol=0, atol=0)
+    assert not torch.equal(other[0], image)
+    assert (weights > 0).all()
+
+
+def test_targets_line_up_with_the_centre_of_the_input_tile():
+    # An image that is its own foreground mask: without deformation (the flips and rotations
+    # remain) the target must be the input tile's centre, wherever the window falls.
+    config = TrainConfig(**TINY, elastic_sigma=0.0)
+    sample = data.synthetic_cells(64, 64, seed=0)
+    marked = data.Sample((sample.labels > 0).astype(np.float32), sample.labels, "marked")
+    sampler = TileSampler([marked], config)
+    for index in range(8):
+        image, target, _ = sampler.draw(step=0, index=index)
+        torch.testing.assert_close(image[0, 20:40, 20:40], target.float(), rtol=0, atol=1e-4)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train(TrainConfig(**TINY, steps=4), tmp_path / "straight")
+    train(TrainConfig(**TINY, steps=2), tmp_path / "resumed")
+    resumed = train(TrainConfig(**TINY, steps=4), tmp_path / "resumed", resume=True)
+    assert resumed["loss"] == straight["loss"]
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert a["step"] == b["step"] == 4
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0)
+    assert (tmp_path / "resumed" / "training_curve.png").stat().st_size > 1000
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    train(TrainConfig(**TINY, steps=1), tmp_path)
+    with pytest.raises(ValueError, match="cannot resume .* lr changed"):
+        train(TrainConfig(**TINY, steps=2, lr=0.5), tmp_path, resume=True)
+
+
+def test_two_gloo_processes_train_like_one_process_with_both_tiles(tmp_path):
+    common = ["--widths", "4,8,16", "--tile", "60", "--synthetic-images", "2", "--synthetic-size", "64",
+              "--val-every", "0", "--steps", "2", "--optimizer", "sgd", "--lr", "0.05"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                    "-m", "unet_fast.cli", "train", "--out", str(tmp_path / "ddp"), *common],
+                   check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "unet_fast.cli", "train", "--out", str(tmp_path / "one"), "--batch-size", "2",
+                    *common], check=True, env=env, capture_output=True)
+    ddp, one = load_checkpoint(tmp_path / "ddp"), load_checkpoint(tmp_path / "one")
+    moved = 0
+    initial = TrainConfig(**TINY).build_model().state_dict()
+    for name, tensor in one["model"].items():
+        torch.testing.assert_close(ddp["model"][name], tensor, rtol=1e-5, atol=1e-6)
+        moved += not torch.equal(tensor, initial[name])
+    assert moved > 0
+
+
+def test_brief_training_beats_an_otsu_threshold(tmp_path):
+    config = TrainConfig(widths=(8, 16, 32), tile=92, steps=150, optimizer="adam", lr=2e-3, lr_decay="cosine",
+                         sigma=3.0, synthetic_images=4, synthetic_size=192, val_every=0, checkpoint_every=0)
+    train(config, tmp_path)
+    model = load_checkpoint(tmp_path)["config"].build_model()
+    model.load_state_dict(load_checkpoint(tmp_path)["model"])
+    test = data.synthetic_cells(256, 256, seed=99)
+    network = metrics.iou(segment(model.eval(), test.image), test.labels)
+    otsu = metrics.iou(test.image > threshold_otsu(test.image), test.labels)
+    assert network > otsu + 0.15, (network, otsu)
+
+
+def test_bf16_autocast_and_adam_train(tmp_path):
+    history = train(TrainConfig(**TINY, steps=2, bf16=True, optimizer="adam", lr=1e-3), tmp_path)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+
+
+def test_validation_scores_are_recorded_on_schedule(tmp_path):
+    config = TrainConfig(**{**TINY, "val_every": 2}, steps=3)
+    history = train(config, tmp_path)
+    assert [entry["step"] for entry in history["validation"]] == [2, 3]
+    assert all(0 <= entry["iou"] <= 1 and 0 <= entry["dice"] <= 1 for entry in history["validation"])
