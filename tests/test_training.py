@@ -66,9 +66,9 @@ def test_two_gloo_processes_train_like_one_process_with_both_tiles(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
                     "-m", "unet_fast.cli", "train", "--out", str(tmp_path / "ddp"), *common],
-                   check=True, env=env, capture_output=True)
+                   check=True, env=env, capture_output=True, timeout=300)
     subprocess.run([sys.executable, "-m", "unet_fast.cli", "train", "--out", str(tmp_path / "one"), "--batch-size", "2",
-                    *common], check=True, env=env, capture_output=True)
+                    *common], check=True, env=env, capture_output=True, timeout=300)
     ddp, one = load_checkpoint(tmp_path / "ddp"), load_checkpoint(tmp_path / "one")
     moved = 0
     initial = TrainConfig(**TINY).build_model().state_dict()

@@ -88,50 +88,52 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     out_dir = Path(out_dir)
     checkpoint_path = out_dir / "model.pt"
     rank, world, device = _start_distributed()
-    try:
-        torch.manual_seed(config.seed)
-        model = init_paper_(config.build_model(), torch.Generator().manual_seed(config.seed)).to(device)
-        optimizer = _optimizer(config, model)
-        step, history = 0, {"loss": [], "validation": []}
-        if resume:
-            step, history = _restore(checkpoint_path, config, model, optimizer)
-        train_set, validation_set = datasets(config)
-        sampler = TileSampler(train_set, config)
-        network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-        loss_function = WeightedSoftmaxCrossEntropyLoss()
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
-        bar = tqdm(range(step, config.steps), initial=step, total=config.steps, desc="training", unit="step",
-                   disable=not progress or rank != 0)
-        for step in bar:
-            tiles = [sampler.draw(step, rank * config.batch_size + i) for i in range(config.batch_size)]
-            images, targets, weights = (torch.stack(parts).to(device) for parts in zip(*tiles))
-            with autocast:
-                logits = network(images)
-            loss = sum(loss_function(logits[i:i + 1].float(), targets[i:i + 1], weights[i:i + 1])
-                       for i in range(len(tiles))) / len(tiles)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate(step)
-            optimizer.step()
-            history["loss"].append(loss.item())
-            done = step + 1
-            if rank == 0 and validation_set and config.val_every and (done % config.val_every == 0 or done == config.steps):
-                history["validation"].append({"step": done, **validate(model, validation_set, config.tile)})
-            status = {"loss": f"{history['loss'][-1]:.4f}"}
-            if history["validation"]:
-                status["val_iou"] = f"{history['validation'][-1]['iou']:.3f}"
-            bar.set_postfix(status, refresh=False)
-            if rank == 0 and (done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0)):
-                save_checkpoint(checkpoint_path, config=config, model=model, optimizer=optimizer, step=done, history=history)
-        if rank == 0:
-            from unet_fast.plots import training_curve
+    torch.manual_seed(config.seed)
+    model = init_paper_(config.build_model(), torch.Generator().manual_seed(config.seed)).to(device)
+    optimizer = _optimizer(config, model)
+    step, history = 0, {"loss": [], "validation": []}
+    if resume:
+        step, history = _restore(checkpoint_path, config, model, optimizer)
+    train_set, validation_set = datasets(config)
+    sampler = TileSampler(train_set, config)
+    network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    loss_function = WeightedSoftmaxCrossEntropyLoss()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
+    bar = tqdm(range(step, config.steps), initial=step, total=config.steps, desc="training", unit="step",
+               disable=not progress or rank != 0)
+    for step in bar:
+        tiles = [sampler.draw(step, rank * config.batch_size + i) for i in range(config.batch_size)]
+        images, targets, weights = (torch.stack(parts).to(device) for parts in zip(*tiles))
+        with autocast:
+            logits = network(images)
+        loss = sum(loss_function(logits[i:i + 1].float(), targets[i:i + 1], weights[i:i + 1])
+                   for i in range(len(tiles))) / len(tiles)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate(step)
+        optimizer.step()
+        history["loss"].append(loss.item())
+        done = step + 1
+        if rank == 0 and validation_set and config.val_every and (done % config.val_every == 0 or done == config.steps):
+            history["validation"].append({"step": done, **validate(model, validation_set, config.tile)})
+        status = {"loss": f"{history['loss'][-1]:.4f}"}
+        if history["validation"]:
+            status["val_iou"] = f"{history['validation'][-1]['iou']:.3f}"
+        bar.set_postfix(status, refresh=False)
+        if rank == 0 and (done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0)):
+            save_checkpoint(checkpoint_path, config=config, model=model, optimizer=optimizer, step=done, history=history)
+    if rank == 0:
+        from unet_fast.plots import training_curve
 
-            training_curve(history, out_dir / "training_curve.png")
-        return history
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+        training_curve(history, out_dir / "training_curve.png")
+    if world > 1:
+        # Every rank leaves together: rank 0 saves and plots after its last step, and a group
+        # destroyed while a peer has already gone can hang. (After an error, nothing is
+        # destroyed: torchrun stops the other ranks.)
+        dist.barrier()
+        dist.destroy_process_group()
+    return history
 
 
 def validate(model: torch.nn.Module, samples: list[data.Sample], tile: int) -> dict[str, float]:
