@@ -1,7 +1,7 @@
 // CPU kernel of the pixel-weighted softmax cross-entropy: one pass over the logits computes
 // the loss and the gradient (for grad_output = 1) together, in blocks of pixels that stay in
-// cache while the channels are swept; a cheap first pass over the labels finds the mean's
-// denominator. Every loop is branch-free so it vectorises, and the block functions are built
+// cache while the channels are swept; for 'mean', a cheap first pass over the pixel weights
+// finds the denominator (over the labels too, with class weights). Every loop is branch-free so it vectorises, and the block functions are built
 // for AVX-512, AVX2 and baseline x86-64, chosen at load time. Loss partial sums are added in
 // a fixed order, so results do not depend on the thread count.
 #include <ATen/OpMathType.h>
@@ -134,6 +134,21 @@ UNET_FAST_CPU_CLONES acc_t block_loss(const BlockArgs& a, const scalar_t* __rest
   return total;
 }
 
+// Sum of a block's pixel weights, in one fixed order.
+template <typename acc_t>
+UNET_FAST_CPU_CLONES double block_sum(const acc_t* v, int64_t count) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t p = 0; p < count; ++p) sum += v[p];
+  return double(sum);
+}
+
+double sum_in_order(const std::vector<double>& partials) {
+  double total = 0.0;
+  for (double p : partials) total += p;
+  return total;
+}
+
 // Calls fn(image, first pixel, pixel count, block index) for every block, in parallel.
 template <typename Fn>
 void for_each_block(int64_t images, int64_t hw, Fn fn) {
@@ -163,37 +178,40 @@ void forward_typed(const at::Tensor& logits, const at::Tensor& target, const flo
                      weight ? weight + image * hw + first : nullptr, class_weight};
   };
 
-  // Pass 1, labels and weights only: validity and the mean's denominator.
-  std::vector<double> weight_partial(blocks, 0.0);
+  // The mean's denominator, sum v, is needed before any gradient is written. Without class
+  // weights it is the sum of the pixel weights (or the pixel count) unless pixels are ignored:
+  // assume none are, which spares a pass over the labels, and check below.
+  const bool assume_none_ignored = class_weight == nullptr;
+  std::vector<double> assumed_partial(blocks, 0.0);
+  if (reduction == Reduction::kMean && assume_none_ignored && weight) {
+    for_each_block(images, hw, [&](int64_t image, int64_t first, int64_t count, int64_t b) {
+      acc_t v[kBlock];
+      const float* w = weight + image * hw + first;
+      for (int64_t p = 0; p < count; ++p) v[p] = acc_t(w[p]);
+      assumed_partial[b] = block_sum(v, count);
+    });
+  } else if (reduction == Reduction::kMean && assume_none_ignored) {
+    for_each_block(images, hw, [&](int64_t, int64_t, int64_t count, int64_t b) { assumed_partial[b] = double(count); });
+  } else if (reduction == Reduction::kMean) {
+    for_each_block(images, hw, [&](int64_t image, int64_t first, int64_t count, int64_t b) {
+      int32_t label[kBlock];
+      acc_t v[kBlock];
+      block_labels(args_for(image, first, count), labels + image * hw + first, label, v);
+      assumed_partial[b] = block_sum(v, count);
+    });
+  }
+  const double assumed_sum = sum_in_order(assumed_partial);
+  const acc_t scale = reduction == Reduction::kMean ? acc_t(1.0 / assumed_sum) : acc_t(1);
+
+  // The logits, once; labels checked and sum v computed exactly on the way.
+  std::vector<double> loss_partial(blocks, 0.0), weight_partial(blocks, 0.0);
   std::atomic<bool> all_valid{true};
   for_each_block(images, hw, [&](int64_t image, int64_t first, int64_t count, int64_t b) {
     int32_t label[kBlock];
     acc_t v[kBlock];
-    if (!block_labels(args_for(image, first, count), labels + image * hw + first, label, v)) {
-      all_valid.store(false);
-    }
-    acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t p = 0; p < count; ++p) sum += v[p];
-    weight_partial[b] = double(sum);
-  });
-  if (!all_valid.load()) {
-    const at::Tensor bad = target.ne(ignore_index).logical_and(target.lt(0).logical_or(target.ge(classes)));
-    const int64_t value = target.masked_select(bad).flatten()[0].item<int64_t>();
-    TORCH_CHECK(false, "weighted_softmax_cross_entropy: target holds label ", value,
-                "; labels must be in [0, ", classes, ") or ignore_index (", ignore_index, ")");
-  }
-  double weight_sum = 0.0;
-  for (double p : weight_partial) weight_sum += p;
-  const acc_t scale = reduction == Reduction::kMean ? acc_t(1.0 / weight_sum) : acc_t(1);
-
-  // Pass 2: the logits, once.
-  std::vector<double> loss_partial(blocks, 0.0);
-  for_each_block(images, hw, [&](int64_t image, int64_t first, int64_t count, int64_t b) {
-    int32_t label[kBlock];
-    acc_t v[kBlock];
     const BlockArgs args = args_for(image, first, count);
-    block_labels(args, labels + image * hw + first, label, v);
+    if (!block_labels(args, labels + image * hw + first, label, v)) all_valid.store(false);
+    weight_partial[b] = block_sum(v, count);
     const int64_t offset = image * classes * hw + first;
     thread_local std::vector<acc_t> shifted;
     shifted.resize(classes * kBlock);
@@ -201,9 +219,18 @@ void forward_typed(const at::Tensor& logits, const at::Tensor& target, const flo
                                         loss_map ? loss_map + image * hw + first : nullptr,
                                         g ? g + offset : nullptr, shifted.data()));
   });
+  if (!all_valid.load()) {
+    const at::Tensor bad = target.ne(ignore_index).logical_and(target.lt(0).logical_or(target.ge(classes)));
+    const int64_t value = target.masked_select(bad).flatten()[0].item<int64_t>();
+    TORCH_CHECK(false, "weighted_softmax_cross_entropy: target holds label ", value,
+                "; labels must be in [0, ", classes, ") or ignore_index (", ignore_index, ")");
+  }
+  const double weight_sum = sum_in_order(weight_partial);
+  if (reduction == Reduction::kMean && g && weight_sum != assumed_sum) {
+    grad.mul_(assumed_sum / weight_sum);  // some pixels were ignored after all
+  }
   if (reduction != Reduction::kNone) {
-    double total = 0.0;
-    for (double p : loss_partial) total += p;
+    const double total = sum_in_order(loss_partial);
     loss.fill_(reduction == Reduction::kMean ? total / weight_sum : total);
   }
 }
