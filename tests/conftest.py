@@ -1,6 +1,9 @@
 """Test setup: without a GPU, Triton kernels run under the interpreter on CPU tensors. This has
 to happen before unet_fast imports any kernel module, hence at the top of conftest.
 
+On a GPU, fp32 convolutions and matrix products run in full precision (no TF32), ours and
+the reference's alike, so the fp32 tolerances hold there too.
+
 torch.compile tests compile afresh: inductor's on-disk caches do not key on a custom op's
 C++ schema, so a cache from an older build could replay stale code."""
 
@@ -11,7 +14,10 @@ os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "0"
 
 import torch  # noqa: E402
 
-if not torch.cuda.is_available():
+if torch.cuda.is_available():
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+else:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402

@@ -169,3 +169,14 @@ def test_weight_gradient_keeps_the_weights_layout(backend, layout, device):
     weight = weight.contiguous(memory_format=layout).requires_grad_()
     conv3x3_bias_relu(x, weight, bias, backend=backend).sum().backward()
     assert weight.grad.stride() == weight.stride()
+
+
+@pytest.mark.parametrize("allow_tf32", [True, False])
+def test_triton_dots_use_tf32_only_where_cudnn_may(allow_tf32, monkeypatch):
+    from unet_fast.kernels import conv3x3
+
+    monkeypatch.setattr(conv3x3, "INTERPRETED", False)  # the choice a GPU launch makes
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
+    assert conv3x3._dot_precision(torch.float32) == ("tf32" if allow_tf32 else "ieee")
+    assert conv3x3._dot_precision(torch.bfloat16) == "ieee"  # tensor cores regardless
+    assert conv3x3._dot_precision(torch.float64) == "ieee"

@@ -15,8 +15,9 @@ passes the same tensor twice with C1 = C_in.
   sum the masked gradient for the bias.
 
 Accumulation is fp32 (fp64 for fp64 tensors, interpreter only). On a GPU, fp32 dots run in
-TF32 as cuDNN's do by default in PyTorch; under the interpreter, where bf16 dots are wrong,
-operands are upcast first.
+TF32 when ``torch.backends.cudnn.allow_tf32`` lets cuDNN's convolutions do so (PyTorch's
+default), else in full fp32; under the interpreter, where bf16 dots are wrong, operands are
+upcast first.
 """
 
 import torch
@@ -25,12 +26,23 @@ import triton.language as tl
 
 from unet_fast.kernels import INTERPRETED
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) on a GPU; the interpreter pays per program and per
-# K-step, so there one program covers as much as the shapes allow.
-_GPU_TILES = (64, 64, 32, 8)
+# Tile configurations (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) a GPU autotunes among, per
+# layer shape and dtype; each compiles for sm_80 and sm_90 without spills (unet_fast.kernels.aot).
+# The kernels' index math is register-hungry: 128-wide tiles, or 4 warps, spill. Dots on CUDA
+# cores (fp32 without TF32) hold their operand tiles in registers, so they take BLOCK_K = 16.
+_TENSOR_CORE_TILES = [(64, 64, 32, 8, 3), (64, 64, 32, 8, 2), (64, 64, 16, 8, 3)]
+_CUDA_CORE_TILES = [(64, 64, 16, 8, 3), (64, 64, 16, 8, 2), (32, 64, 16, 4, 2)]
+GPU_CONFIGS = {  # keyed by "the dots run on tensor cores"
+    on_tensor_cores: [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+        for m, n, k, warps, stages in tiles
+    ]
+    for on_tensor_cores, tiles in ((True, _TENSOR_CORE_TILES), (False, _CUDA_CORE_TILES))
+}
+# The interpreter pays per program and per K-step, so there one program covers as much as the
+# shapes allow, up to these tiles.
 _INTERPRETER_MAX = (1024, 128, 64)
 _GPU_SPLIT_PIXELS = 16384  # weight-gradient pixels per program on a GPU
-AOT_NUM_WARPS = _GPU_TILES[3]
 
 
 @triton.jit
@@ -79,7 +91,7 @@ def conv3x3_forward_kernel(
     M, OH, OW, C1, C_IN, C_OUT, top, left,
     x1_sn, x1_sc, x1_sh, x1_sw, x2_sn, x2_sc, x2_sh, x2_sw,
     w_so, w_si, w_sh, w_sw, o_sn, o_sc, o_sh, o_sw,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -98,7 +110,7 @@ def conv3x3_forward_kernel(
             if UPCAST:
                 a = a.to(ACC)
                 w = w.to(ACC)
-            acc += tl.dot(a, w, out_dtype=ACC)
+            acc += tl.dot(a, w, out_dtype=ACC, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=co_mask, other=0.0).to(ACC)[None, :]
     if RELU:
@@ -113,7 +125,7 @@ def conv3x3_input_grad_kernel(
     M, H, W, OH, OW, C1, C_IN, C_OUT, top, left,
     g_sn, g_sc, g_sh, g_sw, w_so, w_si, w_sh, w_sw,
     gx1_sn, gx1_sc, gx1_sh, gx1_sw, gx2_sn, gx2_sc, gx2_sh, gx2_sw,
-    RELU: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    RELU: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -135,7 +147,7 @@ def conv3x3_input_grad_kernel(
             if UPCAST:
                 g = g.to(ACC)
                 w = w.to(ACC)
-            acc += tl.dot(g, w, out_dtype=ACC)
+            acc += tl.dot(g, w, out_dtype=ACC, input_precision=PRECISION)
     value = acc.to(gx1_ptr.dtype.element_ty)
     to1 = row_mask[:, None] & (ci < C1)[None, :]
     tl.store(gx1_ptr + (img * gx1_sn + iy * gx1_sh + ix * gx1_sw)[:, None] + ci[None, :] * gx1_sc, value, mask=to1)
@@ -149,7 +161,7 @@ def conv3x3_weight_grad_kernel(
     g_ptr, y_ptr, x1_ptr, x2_ptr, gw_ptr, gb_ptr,
     K, OH, OW, C1, C_IN, C_OUT, top, left, pixels_per_split,
     g_sn, g_sc, g_sh, g_sw, x1_sn, x1_sc, x1_sh, x1_sw, x2_sn, x2_sc, x2_sh, x2_sw,
-    RELU: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    RELU: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """gw (C_OUT, C_IN, 3, 3) and gb (C_OUT,): contiguous, in ACC, zero before the launch."""
@@ -172,13 +184,27 @@ def conv3x3_weight_grad_kernel(
         if UPCAST:
             g = g.to(ACC)
             x = x.to(ACC)
-        acc += tl.dot(g, x, out_dtype=ACC)
+        acc += tl.dot(g, x, out_dtype=ACC, input_precision=PRECISION)
         if HAS_BIAS:
             bias_acc += tl.sum(g.to(ACC), axis=1)
     gw_offset = co[:, None] * (C_IN * 9) + ci[None, :] * 9 + tap
     tl.atomic_add(gw_ptr + gw_offset, acc, mask=co_mask[:, None] & (ci < C_IN)[None, :])
     if HAS_BIAS:
         tl.atomic_add(gb_ptr + co, bias_acc, mask=co_mask & (tl.program_id(1) == 0))
+
+
+# The kernels as a GPU launches them, by (name, on tensor cores). Autotuning times every
+# configuration on the call's own arguments, so the weight gradient's accumulators are zeroed
+# before each trial.
+_AUTOTUNED = {
+    (kernel.__name__, on_tensor_cores): triton.autotune(configs, key=key, reset_to_zero=reset)(kernel)
+    for kernel, key, reset in (
+        (conv3x3_forward_kernel, ["M", "C_IN", "C_OUT"], None),
+        (conv3x3_input_grad_kernel, ["M", "C_IN", "C_OUT"], None),
+        (conv3x3_weight_grad_kernel, ["K", "C_IN", "C_OUT"], ["gw_ptr", "gb_ptr"]),
+    )
+    for on_tensor_cores, configs in GPU_CONFIGS.items()
+}
 
 
 def _check_int32_indexing(*tensors) -> None:
@@ -193,13 +219,31 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _tiles(m: int, n: int, k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for a GEMM of m x n with k per tap."""
-    if not INTERPRETED:
-        return _GPU_TILES
-    cap_m, cap_n, cap_k = _INTERPRETER_MAX
+def _dot_precision(dtype: torch.dtype) -> str:
+    """TF32 for fp32 operands where PyTorch lets cuDNN's convolutions use it
+    (``torch.backends.cudnn.allow_tf32``, on by default), else full precision."""
+    tf32 = dtype == torch.float32 and not INTERPRETED and torch.backends.cudnn.allow_tf32
+    return "tf32" if tf32 else "ieee"
+
+
+def _interpreter_tiles(m: int, n: int, k: int) -> dict[str, int]:
+    """Tiles for the interpreter: one program covers a GEMM of m x n with k per tap, up to
+    _INTERPRETER_MAX."""
     fit = lambda size, cap: max(16, min(cap, triton.next_power_of_2(max(size, 1))))  # noqa: E731
-    return fit(m, cap_m), fit(n, cap_n), fit(k, cap_k), 4
+    return {name: fit(size, cap) for name, size, cap in zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), (m, n, k), _INTERPRETER_MAX)}
+
+
+def _launch(kernel, grid, gemm: tuple[int, int, int], dtype: torch.dtype, *args, **constexprs) -> None:
+    """Runs `kernel` on operands of `dtype` over ``grid(tiles)`` for a GEMM of ``gemm`` =
+    (m, n, k per tap): on a GPU with the tiles autotuned for its arguments, under the
+    interpreter with one fitted tile."""
+    precision = _dot_precision(dtype)
+    if INTERPRETED:
+        tiles = _interpreter_tiles(*gemm)
+        kernel[grid(tiles)](*args, **constexprs, PRECISION=precision, **tiles, num_warps=4)
+    else:
+        on_tensor_cores = dtype in (torch.bfloat16, torch.float16) or precision == "tf32"
+        _AUTOTUNED[kernel.__name__, on_tensor_cores][grid](*args, **constexprs, PRECISION=precision)
 
 
 def _with_unit_stride(weight, dim: int):
@@ -221,14 +265,13 @@ def conv3x3_forward(x1, x2, weight, bias, out, relu: bool, top: int, left: int) 
     n, c_out, oh, ow = out.shape
     c1, strides = _sources(x1, x2)
     m = n * oh * ow
-    block_m, block_n, block_k, warps = _tiles(m, c_out, weight.shape[1])
-    grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
+    grid = lambda tiles: (triton.cdiv(m, tiles["BLOCK_M"]), triton.cdiv(c_out, tiles["BLOCK_N"]))  # noqa: E731
     weight = _with_unit_stride(weight, 0)
-    conv3x3_forward_kernel[grid](
+    _launch(
+        conv3x3_forward_kernel, grid, (m, c_out, weight.shape[1]), out.dtype,
         x1, x2, weight, bias if bias is not None else weight, out,
         m, oh, ow, c1, weight.shape[1], c_out, top, left, *strides, *weight.stride(), *out.stride(),
         HAS_BIAS=bias is not None, RELU=relu, ACC=_acc_dtype(out.dtype), UPCAST=INTERPRETED,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )
 
 
@@ -246,15 +289,14 @@ def conv3x3_input_grad(grad_out, out, weight, grad_x1, grad_x2, top: int, left: 
     n, c1, h, w = grad_x1.shape
     c_out, c_in = weight.shape[:2]
     m = n * h * w
-    block_m, block_n, block_k, warps = _tiles(m, c_in, c_out)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(c_in, block_n))
+    grid = lambda tiles: (triton.cdiv(m, tiles["BLOCK_M"]), triton.cdiv(c_in, tiles["BLOCK_N"]))  # noqa: E731
     weight = _with_unit_stride(weight, 1)
-    conv3x3_input_grad_kernel[grid](
+    _launch(
+        conv3x3_input_grad_kernel, grid, (m, c_in, c_out), grad_out.dtype,
         grad_out, out if out is not None else grad_out, weight, grad_x1, grad_x2,
         m, h, w, grad_out.shape[2], grad_out.shape[3], c1, c_in, c_out, top, left,
         *grad_out.stride(), *weight.stride(), *grad_x1.stride(), *grad_x2.stride(),
         RELU=out is not None, ACC=_acc_dtype(grad_out.dtype), UPCAST=INTERPRETED,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )
 
 
@@ -267,15 +309,16 @@ def conv3x3_weight_grad(grad_out, out, x1, x2, grad_weight, grad_bias, top: int,
     c_in = grad_weight.shape[1]
     c1, strides = _sources(x1, x2)
     pixels = n * oh * ow
-    block_m, block_n, block_k, warps = _tiles(c_out, c_in, pixels)
     per_split = pixels if INTERPRETED else _GPU_SPLIT_PIXELS
-    grid = (triton.cdiv(c_out, block_m), triton.cdiv(c_in, block_n) * 9, triton.cdiv(pixels, per_split))
-    conv3x3_weight_grad_kernel[grid](
+    grid = lambda tiles: (  # noqa: E731
+        triton.cdiv(c_out, tiles["BLOCK_M"]), triton.cdiv(c_in, tiles["BLOCK_N"]) * 9, triton.cdiv(pixels, per_split))
+    _launch(
+        conv3x3_weight_grad_kernel, grid, (c_out, c_in, pixels), grad_out.dtype,
         grad_out, out if out is not None else grad_out, x1, x2, grad_weight,
         grad_bias if grad_bias is not None else grad_weight,
         pixels, oh, ow, c1, c_in, c_out, top, left, per_split, *grad_out.stride(), *strides,
         RELU=out is not None, HAS_BIAS=grad_bias is not None, ACC=_acc_dtype(grad_weight.dtype),
-        UPCAST=INTERPRETED, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        UPCAST=INTERPRETED,
     )
 
 
@@ -299,15 +342,24 @@ _UNIT_STRIDES = {
 
 
 def aot_configurations():
-    """(kernel, signature, constexprs) of every configuration the launchers above use on a GPU,
-    for ahead-of-time compilation (unet_fast.kernels.aot)."""
-    block_m, block_n, block_k, _ = _GPU_TILES
-    tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "ACC": tl.float32, "UPCAST": False}
-    for dtype in ("fp32", "bf16"):
-        for relu in (True, False):
-            yield _configuration(conv3x3_forward_kernel, dtype, 5, 0, {**tiles, "HAS_BIAS": True, "RELU": relu})
-            yield _configuration(conv3x3_input_grad_kernel, dtype, 5, 0, {**tiles, "RELU": relu})
-            yield _configuration(conv3x3_weight_grad_kernel, dtype, 6, 2, {**tiles, "RELU": relu, "HAS_BIAS": True})
+    """(kernel, signature, constexprs, options) of every configuration the launchers above use
+    on a GPU, for ahead-of-time compilation (unet_fast.kernels.aot)."""
+    for dtype, precision in (("fp32", "tf32"), ("fp32", "ieee"), ("bf16", "ieee")):
+        for config in GPU_CONFIGS[dtype == "bf16" or precision == "tf32"]:
+            options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+            common = {**config.kwargs, "ACC": tl.float32, "UPCAST": False, "PRECISION": precision}
+            for kernel, pointers, accumulators, flags in _AOT_KERNELS:
+                for relu in (True, False):
+                    constexprs = {**common, **flags, "RELU": relu}
+                    yield (*_configuration(kernel, dtype, pointers, accumulators, constexprs), options)
+
+
+# (kernel, tensor arguments, of which fp32 accumulators, flags) for aot_configurations.
+_AOT_KERNELS = (
+    (conv3x3_forward_kernel, 5, 0, {"HAS_BIAS": True}),
+    (conv3x3_input_grad_kernel, 5, 0, {}),
+    (conv3x3_weight_grad_kernel, 6, 2, {"HAS_BIAS": True}),
+)
 
 
 def _configuration(kernel, dtype: str, pointers: int, accumulators: int, constexprs: dict):
