@@ -1,5 +1,9 @@
 """Benchmarks compare ours against the reference in one run; each comparison is one
-pytest-benchmark group (``pytest benchmarks``)."""
+pytest-benchmark group (``pytest benchmarks``).
+
+``pytest benchmarks --quick`` runs the subset each module names in ``QUICK`` (parameter ->
+values kept), one timed round each: a check that the whole suite still runs, not a measurement.
+"""
 
 import pytest
 import torch
@@ -7,6 +11,36 @@ import torch
 from unet_fast import bench
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_quick = False
+
+
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true", help="run each module's QUICK subset, one round each")
+
+
+def pytest_configure(config):
+    global _quick
+    _quick = config.getoption("--quick")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not _quick:
+        return
+    kept, dropped = [], []
+    for item in items:
+        wanted = getattr(item.module, "QUICK", {})
+        params = getattr(item, "callspec", None)
+        params = params.params if params else {}
+        matches = all(params[name] in values for name, values in wanted.items() if name in params)
+        (kept if matches else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def rounds(full: int) -> int:
+    """Timed rounds for a benchmark that takes ``full`` rounds in a real run."""
+    return 1 if _quick else full
 
 
 def peak_memory_mb(step) -> float:

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from unet_fast import reference
 from unet_fast.ops import available_backends, conv3x3_bias_relu, crop_concat_conv3x3
 
-from conftest import DEVICE, peak_memory_mb, synchronize
+from conftest import DEVICE, peak_memory_mb, rounds, synchronize
 
 # (C_in, C_out, input side): enc1's second convolution, enc3's, and the bottleneck's.
 LAYERS = [(64, 64, 570), (256, 256, 138), (1024, 1024, 30)]
+QUICK = {"layer": [LAYERS[-1]]}
 
 
 def _backends(op):
@@ -38,7 +39,7 @@ def test_conv3x3_bias_relu_forward_backward(benchmark, backend, layer, device):
 
     benchmark.group = f"conv3x3+bias+ReLU forward+backward, {c_in}->{c_out} at {side}x{side}"
     benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
-    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=rounds(5), iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("backend", _backends("crop_concat_conv3x3"))
@@ -61,4 +62,4 @@ def test_decoder_join_and_conv_forward_backward(benchmark, backend, device):
 
     benchmark.group = "decoder join + conv3x3+bias+ReLU forward+backward, 572 dec4"
     benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
-    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=rounds(5), iterations=1, warmup_rounds=1)

@@ -10,6 +10,7 @@ from unet_fast.ops import available_backends
 
 from conftest import DEVICE, peak_memory_mb, synchronize
 
+QUICK = {"batch": [1]}
 BACKENDS = [b for b in available_backends("weighted_softmax_cross_entropy", DEVICE) if b != "triton" or DEVICE.type == "cuda"]
 
 
