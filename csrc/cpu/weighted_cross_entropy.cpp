@@ -19,17 +19,12 @@
 #include "../common/weighted_cross_entropy.h"
 #include "../weighted_cross_entropy.h"
 #include "buffer_pool.h"
+#include "target_clones.h"
 
 namespace unet_fast {
 namespace {
 
 constexpr int64_t kBlock = 1024;  // pixels per block
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define UNET_FAST_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define UNET_FAST_CPU_CLONES
-#endif
 
 // x where keep, else +0, by bit mask: a select the vectoriser takes even when x came from
 // arithmetic, and one that does not turn 0 * NaN into NaN.
