@@ -59,11 +59,14 @@ inline at::Tensor weight_grad_by_unfolding(const at::Tensor& grad, const at::Ten
   return per_image.sum(0).t().reshape(weight.sizes());
 }
 
+// The vendor's weight gradient runs in `weight_grad_layout`; the data gradient, the ReLU mask
+// and the bias sum always run channels_last.
 template <typename ReluGradAndBiasSum>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask,
-    ReluGradAndBiasSum relu_grad_and_bias_sum) {
+    ReluGradAndBiasSum relu_grad_and_bias_sum,
+    at::MemoryFormat weight_grad_layout = at::MemoryFormat::ChannelsLast) {
   constexpr auto layout = at::MemoryFormat::ChannelsLast;
   at::Tensor grad = grad_out.contiguous(layout);
   at::Tensor grad_bias;
@@ -75,14 +78,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
     at::sum_out(grad_bias, grad, {0, 2, 3}, false, acc_type);
   }
   if (grad_bias.defined()) grad_bias = grad_bias.to(weight.scalar_type());
-  at::Tensor grad_x, grad_weight;
   const bool unfold = output_mask[1] && weight_grad_by_unfolding_pays(x);
-  if (output_mask[0] || (output_mask[1] && !unfold)) {
+  const bool vendor_weight_grad = output_mask[1] && !unfold;
+  const auto vendor = [&](const at::Tensor& g, const at::Tensor& input, at::MemoryFormat memory_format,
+                          bool data_grad, bool weight_grad) {
     // x's values only matter for the weight's gradient; for x's own only its shape does.
-    const bool vendor_weight_grad = output_mask[1] && !unfold;
-    std::tie(grad_x, grad_weight, std::ignore) = at::convolution_backward(
-        grad, vendor_weight_grad ? x.contiguous(layout) : x, weight.contiguous(layout), std::nullopt,
-        {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1, {output_mask[0], vendor_weight_grad, false});
+    return at::convolution_backward(g, weight_grad ? input.contiguous(memory_format) : input,
+                                    weight.contiguous(memory_format), std::nullopt, {1, 1}, {0, 0}, {1, 1},
+                                    false, {0, 0}, 1, {data_grad, weight_grad, false});
+  };
+  at::Tensor grad_x, grad_weight;
+  if (weight_grad_layout == layout) {
+    if (output_mask[0] || vendor_weight_grad) {
+      std::tie(grad_x, grad_weight, std::ignore) = vendor(grad, x, layout, output_mask[0], vendor_weight_grad);
+    }
+  } else {
+    if (output_mask[0]) grad_x = std::get<0>(vendor(grad, x, layout, true, false));
+    if (vendor_weight_grad) {
+      grad_weight = std::get<1>(vendor(grad.contiguous(weight_grad_layout), x, weight_grad_layout, false, true));
+    }
   }
   if (unfold) grad_weight = weight_grad_by_unfolding(grad, x, weight);
   // The weight's gradient with the weight's own strides (no copy for channels_last

@@ -12,6 +12,7 @@
 #include "../common/relu.h"
 #include "../conv3x3.h"
 #include "buffer_pool.h"
+#include "winograd.h"
 
 namespace unet_fast {
 namespace {
@@ -63,9 +64,23 @@ at::Tensor relu_grad_and_bias_sum_cpu(const at::Tensor& grad, const at::Tensor& 
   return masked;
 }
 
+// oneDNN's channels_last weight gradient is fast with AVX-512; without it, it is not (on an
+// AVX2 machine, 64 -> 64 at 570x570: 1.03 s channels_last, 0.36 s NCHW; 256 -> 256 at 138:
+// 0.69 s, 0.26 s), while its channels_last data gradient stays the faster.
+at::MemoryFormat weight_grad_layout() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+#else
+  return at::MemoryFormat::ChannelsLast;
+#endif
+}
+
 at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, bool relu) {
   const PooledAllocations pooled;
+  check_conv3x3_args(x, weight, bias);
+  if (winograd_applies(x, weight)) return winograd_conv3x3(x, weight, bias, relu);
   return conv3x3_forward(x, weight, bias, relu);
 }
 
@@ -73,7 +88,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask) {
   const PooledAllocations pooled;
-  return conv3x3_backward_with(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cpu);
+  return conv3x3_backward_with(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cpu,
+                               weight_grad_layout());
 }
 
 }  // namespace

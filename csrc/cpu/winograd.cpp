@@ -1,0 +1,213 @@
+// Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, 2016) for the valid 3x3 convolution:
+// each 4x4 block of output pixels comes from a 6x6 input tile as
+//   Y = A^T [ sum_ci (G g G^T) . (B^T d B) ] A,
+// so the 36 multiplications per channel pair and tile replace direct convolution's 144. The
+// input transform reads the channels_last input directly (tiles past the edge read zeros),
+// the 36 transform-domain products are one batched GEMM (ATen, so MKL/oneDNN), and the output
+// transform adds the bias, applies the ReLU and writes only the pixels inside the output.
+// Tiles are worked through in chunks whose buffers stay within kBudgetBytes.
+#include "winograd.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "target_clones.h"
+
+namespace unet_fast {
+namespace {
+
+constexpr int kTile = 6;             // input tile side
+constexpr int kOut = 4;              // output block side
+constexpr int kPoints = kTile * kTile;  // transform-domain points
+constexpr int64_t kBudgetBytes = 64 << 20;  // transform buffers per chunk of tiles
+constexpr int64_t kWinogradMinChannels = 16;
+
+// G (6x3) of F(4, 3); the weight transform is G g G^T.
+constexpr double kG[kTile][3] = {{1.0 / 4, 0, 0},
+                                 {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                 {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                 {0, 0, 1}};
+
+// (36, C_in, C_out): point (a, b) holds G g G^T [a][b] for every channel pair. One GEMM of the
+// 36x9 matrix kron(G, G) with the weights as (9, C_in * C_out).
+at::Tensor transform_weight(const at::Tensor& weight) {
+  at::Tensor g = at::empty({kTile, 3}, weight.options().dtype(at::kDouble));
+  std::memcpy(g.data_ptr<double>(), kG, sizeof kG);
+  const at::Tensor gg = at::kron(g, g).to(weight.scalar_type());  // (36, 9)
+  const int64_t c_out = weight.size(0), c_in = weight.size(1);
+  const at::Tensor taps = weight.permute({2, 3, 1, 0}).reshape({9, c_in * c_out});
+  return at::mm(gg, taps).view({kPoints, c_in, c_out});
+}
+
+// Where tile `tile` of the flat tile index lies: image, first output row and column.
+struct TilePosition {
+  int64_t image, y, x;
+};
+
+inline TilePosition tile_position(int64_t tile, int64_t tiles_y, int64_t tiles_x) {
+  const int64_t per_image = tiles_y * tiles_x, within = tile % per_image;
+  return {tile / per_image, within / tiles_x * kOut, within % tiles_x * kOut};
+}
+
+// out[i * stride + c] = (B^T v)[i] for the six channel vectors v[0..5] (B^T of F(4, 3)).
+// Always inlined, so it is built for the target of the function that calls it.
+template <typename T>
+__attribute__((always_inline)) inline void b_transpose(const T* const* v, T* out, int64_t stride, int64_t channels) {
+  const T *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
+#pragma omp simd
+  for (int64_t c = 0; c < channels; ++c) {
+    out[c] = T(4) * v0[c] - T(5) * v2[c] + v4[c];
+    out[stride + c] = -T(4) * (v1[c] + v2[c]) + v3[c] + v4[c];
+    out[2 * stride + c] = T(4) * (v1[c] - v2[c]) - v3[c] + v4[c];
+    out[3 * stride + c] = T(2) * (v3[c] - v1[c]) - v2[c] + v4[c];
+    out[4 * stride + c] = T(2) * (v1[c] - v3[c]) - v2[c] + v4[c];
+    out[5 * stride + c] = T(4) * v1[c] - T(5) * v3[c] + v5[c];
+  }
+}
+
+// U[point][t][c] = (B^T d B)[point] for the 6x6 input tile whose pixels' channel vectors
+// start at rows[6 a + b]; U's points lie point_stride apart. `scratch` holds 36 x C values.
+template <typename T>
+UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels, T* scratch, T* u,
+                                          int64_t point_stride) {
+  for (int b = 0; b < kTile; ++b) {  // columns: scratch[a][b] = (B^T d)[a][b]
+    const T* column[kTile] = {rows[b], rows[6 + b], rows[12 + b], rows[18 + b], rows[24 + b], rows[30 + b]};
+    b_transpose(column, scratch + b * channels, kTile * channels, channels);
+  }
+  for (int a = 0; a < kTile; ++a) {  // rows: U[a][j] = (scratch B)[a][j]
+    const T* row = scratch + a * kTile * channels;
+    const T* row_points[kTile] = {row, row + channels, row + 2 * channels, row + 3 * channels, row + 4 * channels,
+                                  row + 5 * channels};
+    b_transpose(row_points, u + a * kTile * point_stride, point_stride, channels);
+  }
+}
+
+// The 4x4 output block A^T M A + bias (then the ReLU) of one tile: M[point] at m + point *
+// point_stride; output row p goes to out_rows[p] (columns q at out_rows[p] + q * channels),
+// of which only the first `columns` are written. `scratch` holds 24 x C values.
+template <typename T>
+UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int64_t channels, const T* bias,
+                                           bool relu, T* scratch, T* const* out_rows, int columns) {
+  for (int a = 0; a < kTile; ++a) {  // rows: s[a][q] = (M A)[a][q]
+    const T* m0 = m + a * kTile * point_stride;
+    const int64_t p = point_stride;
+    T* s = scratch + a * kOut * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const T m1 = m0[p + c], m2 = m0[2 * p + c], m3 = m0[3 * p + c], m4 = m0[4 * p + c];
+      s[c] = m0[c] + m1 + m2 + m3 + m4;
+      s[channels + c] = m1 - m2 + T(2) * (m3 - m4);
+      s[2 * channels + c] = m1 + m2 + T(4) * (m3 + m4);
+      s[3 * channels + c] = m1 - m2 + T(8) * (m3 - m4) + m0[5 * p + c];
+    }
+  }
+  const int64_t row = kOut * channels;
+  for (int q = 0; q < columns; ++q) {  // columns: Y[p][q] = (A^T s)[p][q]
+    const T* s0 = scratch + q * channels;
+    T *y0 = out_rows[0] + q * channels, *y1 = out_rows[1] + q * channels, *y2 = out_rows[2] + q * channels,
+      *y3 = out_rows[3] + q * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const T t1 = s0[row + c], t2 = s0[2 * row + c], t3 = s0[3 * row + c], t4 = s0[4 * row + c];
+      T v0 = s0[c] + t1 + t2 + t3 + t4 + bias[c];
+      T v1 = t1 - t2 + T(2) * (t3 - t4) + bias[c];
+      T v2 = t1 + t2 + T(4) * (t3 + t4) + bias[c];
+      T v3 = t1 - t2 + T(8) * (t3 - t4) + s0[5 * row + c] + bias[c];
+      if (relu) {  // x < 0 ? 0 : x keeps NaN, as torch.relu does
+        v0 = v0 < T(0) ? T(0) : v0;
+        v1 = v1 < T(0) ? T(0) : v1;
+        v2 = v2 < T(0) ? T(0) : v2;
+        v3 = v3 < T(0) ? T(0) : v3;
+      }
+      y0[c] = v0;
+      y1[c] = v1;
+      y2[c] = v2;
+      y3[c] = v3;
+    }
+  }
+}
+
+template <typename T>
+void winograd_typed(const at::Tensor& x, const at::Tensor& weight_t, const at::Tensor& bias_values,
+                    bool relu, at::Tensor& out) {
+  const int64_t images = x.size(0), c_in = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t c_out = out.size(1), out_h = out.size(2), out_w = out.size(3);
+  const int64_t tiles_y = (out_h + kOut - 1) / kOut, tiles_x = (out_w + kOut - 1) / kOut;
+  const int64_t tiles = images * tiles_y * tiles_x;
+  const int64_t chunk = std::clamp<int64_t>(kBudgetBytes / (kPoints * (c_in + c_out) * int64_t(sizeof(T))), 1, tiles);
+  at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
+  at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, x.options());
+  const T* input = x.const_data_ptr<T>();
+  const T* bias = bias_values.const_data_ptr<T>();
+  T* output = out.mutable_data_ptr<T>();
+
+  for (int64_t first = 0; first < tiles; first += chunk) {
+    const int64_t count = std::min(chunk, tiles - first);
+    at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
+    at::Tensor m = m_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
+    T* u_data = u.mutable_data_ptr<T>();
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(kPoints * c_in), zeros(c_in, T(0));
+      const T* rows[kPoints];
+      for (int64_t t = begin; t < end; ++t) {
+        const TilePosition pos = tile_position(first + t, tiles_y, tiles_x);
+        for (int a = 0; a < kTile; ++a) {
+          for (int b = 0; b < kTile; ++b) {
+            const int64_t y = pos.y + a, x = pos.x + b;
+            const bool inside = y < height && x < width;
+            rows[a * kTile + b] = inside ? input + ((pos.image * height + y) * width + x) * c_in : zeros.data();
+          }
+        }
+        input_transform<T>(rows, c_in, scratch.data(), u_data + t * c_in, count * c_in);
+      }
+    });
+    at::bmm_out(m, u, weight_t);
+    const T* m_data = m.const_data_ptr<T>();
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(kTile * kOut * c_out), spare(kOut * c_out);
+      T* out_rows[kOut];
+      for (int64_t t = begin; t < end; ++t) {
+        const TilePosition pos = tile_position(first + t, tiles_y, tiles_x);
+        for (int p = 0; p < kOut; ++p) {  // rows below the output are written to `spare`
+          const int64_t y = pos.y + p;
+          out_rows[p] = y < out_h ? output + ((pos.image * out_h + y) * out_w + pos.x) * c_out : spare.data();
+        }
+        const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
+        output_transform<T>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch.data(), out_rows, columns);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+bool winograd_applies(const at::Tensor& x, const at::Tensor& weight) {
+  const char* setting = std::getenv("UNET_FAST_WINOGRAD");
+  if (setting && std::strcmp(setting, "0") == 0) return false;
+  const auto dtype = x.scalar_type();
+  return (dtype == at::kFloat || dtype == at::kDouble) && x.size(1) >= kWinogradMinChannels &&
+         weight.size(0) >= kWinogradMinChannels;
+}
+
+at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, bool relu) {
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t c_out = weight.size(0);
+  at::Tensor out = at::empty({x.size(0), c_out, x.size(2) - 2, x.size(3) - 2},
+                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  const at::Tensor bias_values = bias ? bias->to(x.scalar_type()).contiguous() : at::zeros({c_out}, x.options());
+  const at::Tensor weight_t = transform_weight(weight);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
+    winograd_typed<scalar_t>(x, weight_t, bias_values, relu, out);
+  });
+  return out;
+}
+
+}  // namespace unet_fast

@@ -1,0 +1,89 @@
+"""The Winograd F(4x4, 3x3) forward that conv3x3_bias_relu's CPU backend takes for fp32/fp64
+tensors with at least 16 channels in and out (csrc/cpu/winograd.cpp), against float64 direct
+convolution. Its error in float32 is that of the transforms (points 0, +-1, +-2 scale values by
+up to 8): a few 1e-6 of the output's norm, against oneDNN's direct 1e-6."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_fast.ops import available_backends, conv3x3_bias_relu
+
+pytestmark = pytest.mark.skipif("cpu" not in available_backends("conv3x3_bias_relu", torch.device("cpu")),
+                                reason="the C++ extension is not built")
+
+# Every 3x3 layer shape of the paper's U-Net (C_in, C_out) at reduced spatial size; sides not
+# multiples of the 4-pixel output block, so edge tiles are partly outside.
+UNET_LAYERS = [(64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512),
+               (512, 1024), (1024, 1024), (1024, 512), (512, 256), (256, 128), (128, 64)]
+# Norm-wise relative error bound in float32 (the issue's 1e-5), and the max-abs one.
+NORM_RTOL, MAX_RTOL = 1e-5, 3e-5
+
+
+def make(n, c_in, c_out, h, w, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64) * (2 / (9 * c_in)) ** 0.5
+    bias = torch.randn(c_out, generator=g, dtype=torch.float64) * 0.1
+    return [t.to(dtype) for t in (x, weight, bias)]
+
+
+def errors(got, x, weight, bias, relu):
+    want = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double())
+    want = F.relu(want) if relu else want
+    diff = got.double() - want
+    return (diff.norm() / want.norm()).item(), (diff.abs().max() / want.abs().max()).item()
+
+
+@pytest.mark.parametrize("layer", UNET_LAYERS, ids=lambda layer: "{}to{}".format(*layer))
+def test_every_unet_layer_shape_in_float32(layer):
+    x, weight, bias = make(1, *layer, 15, 11)
+    norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
+    assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL, (norm_error, max_error)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, NORM_RTOL), (torch.float64, 1e-13)])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("size", [(3, 3), (4, 5), (6, 6), (7, 9), (13, 30)], ids=str)
+def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size):
+    x, weight, bias = make(2, 16, 24, *size, dtype=dtype)
+    bias = bias if with_bias else None
+    norm_error, _ = errors(conv3x3_bias_relu(x, weight, bias, relu, backend="cpu"), x, weight, bias, relu)
+    assert norm_error <= rtol
+
+
+def test_tiles_beyond_one_chunk_of_transform_buffers():
+    # 256 channels in and out take 910 tiles a chunk (64 MB); 64 images of 16 tiles make two.
+    x, weight, bias = make(64, 256, 256, 18, 18)
+    norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
+    assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
+
+
+def test_is_taken_and_can_be_turned_off(monkeypatch):
+    x, weight, bias = make(1, 16, 16, 10, 10)
+    winograd = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    monkeypatch.setenv("UNET_FAST_WINOGRAD", "0")
+    direct = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    assert not torch.equal(winograd, direct)  # different arithmetic, different roundings
+    torch.testing.assert_close(winograd, direct, rtol=1e-4, atol=1e-5)
+    assert winograd.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_nan_input_gives_nan_in_its_output_block_through_the_relu():
+    # The transforms mix a whole 6x6 input tile, so a NaN reaches its whole 4x4 output block
+    # (direct convolution: the 3x3 neighbourhood), and never a block that does not see it.
+    x, weight, bias = make(1, 16, 16, 10, 10)
+    x[0, 3, 2, 2] = float("nan")
+    out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    assert out[0, :, 0:3, 0:3].isnan().all()  # every output whose window holds the NaN pixel
+    assert not out[0, :, 4:, :].isnan().any() and not out[0, :, :, 4:].isnan().any()
+
+
+def test_gradcheck_float64():
+    # The forward is Winograd's, the backward oneDNN's: they agree only if the forward is the
+    # convolution (exact in exact arithmetic).
+    x, weight, bias = make(1, 16, 16, 7, 6, dtype=torch.float64)
+    bias = bias + torch.where(bias >= 0, 0.5, -0.5)
+    args = [t.requires_grad_() for t in (x, weight, bias)]
+    assert torch.autograd.gradcheck(lambda *a: conv3x3_bias_relu(*a, True, backend="cpu"), args, fast_mode=True)
