@@ -1,6 +1,6 @@
 """The Winograd F(4x4, 3x3) forward that conv3x3_bias_relu's CPU backend takes for fp32/fp64
-tensors with at least 16 channels in and out (csrc/cpu/winograd.cpp), against float64 direct
-convolution. Its error in float32 is that of the transforms (points 0, +-1, +-2 scale values by
+tensors with at least 16 channels in and out and at least 64 output blocks of 4x4 over the
+batch (csrc/cpu/winograd.cpp), against float64 direct convolution. Its error in float32 is that of the transforms (points 0, +-1, +-2 scale values by
 up to 8): a few 1e-6 of the output's norm, against oneDNN's direct 1e-6."""
 
 import pytest
@@ -18,6 +18,13 @@ UNET_LAYERS = [(64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 51
                (512, 1024), (1024, 1024), (1024, 512), (512, 256), (256, 128), (128, 64)]
 # Norm-wise relative error bound in float32 (the issue's 1e-5), and the max-abs one.
 NORM_RTOL, MAX_RTOL = 1e-5, 3e-5
+MIN_TILES = 64  # the rule in csrc/cpu/winograd.cpp
+
+
+def images_for_winograd(h, w):
+    """A batch size whose 4x4 output blocks reach MIN_TILES."""
+    per_image = -(-(h - 2) // 4) * -(-(w - 2) // 4)
+    return -(-MIN_TILES // per_image)
 
 
 def make(n, c_in, c_out, h, w, dtype=torch.float32, seed=0):
@@ -37,7 +44,7 @@ def errors(got, x, weight, bias, relu):
 
 @pytest.mark.parametrize("layer", UNET_LAYERS, ids=lambda layer: "{}to{}".format(*layer))
 def test_every_unet_layer_shape_in_float32(layer):
-    x, weight, bias = make(1, *layer, 15, 11)
+    x, weight, bias = make(images_for_winograd(15, 11), *layer, 15, 11)
     norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL, (norm_error, max_error)
 
@@ -47,7 +54,7 @@ def test_every_unet_layer_shape_in_float32(layer):
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("size", [(3, 3), (4, 5), (6, 6), (7, 9), (13, 30)], ids=str)
 def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size):
-    x, weight, bias = make(2, 16, 24, *size, dtype=dtype)
+    x, weight, bias = make(images_for_winograd(*size), 16, 24, *size, dtype=dtype)
     bias = bias if with_bias else None
     norm_error, _ = errors(conv3x3_bias_relu(x, weight, bias, relu, backend="cpu"), x, weight, bias, relu)
     assert norm_error <= rtol
@@ -60,20 +67,29 @@ def test_tiles_beyond_one_chunk_of_transform_buffers():
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
 
 
-def test_is_taken_and_can_be_turned_off(monkeypatch):
-    x, weight, bias = make(1, 16, 16, 10, 10)
+def winograd_and_direct(x, weight, bias, monkeypatch):
     winograd = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
-    monkeypatch.setenv("UNET_FAST_WINOGRAD", "0")
-    direct = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    with monkeypatch.context() as patch:
+        patch.setenv("UNET_FAST_WINOGRAD", "0")
+        direct = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    return winograd, direct
+
+
+def test_is_taken_from_64_blocks_and_can_be_turned_off(monkeypatch):
+    x, weight, bias = make(4, 16, 16, 18, 18)  # 4 images of 16 blocks of 4x4
+    winograd, direct = winograd_and_direct(x, weight, bias, monkeypatch)
     assert not torch.equal(winograd, direct)  # different arithmetic, different roundings
     torch.testing.assert_close(winograd, direct, rtol=1e-4, atol=1e-5)
     assert winograd.is_contiguous(memory_format=torch.channels_last)
+    below = [make(3, 16, 16, 18, 18), make(4, 15, 16, 18, 18), make(4, 16, 15, 18, 18)]
+    for x, weight, bias in below:  # 48 blocks; 15 channels in; 15 channels out
+        assert torch.equal(*winograd_and_direct(x, weight, bias, monkeypatch))
 
 
 def test_nan_input_gives_nan_in_its_output_block_through_the_relu():
     # The transforms mix a whole 6x6 input tile, so a NaN reaches its whole 4x4 output block
     # (direct convolution: the 3x3 neighbourhood), and never a block that does not see it.
-    x, weight, bias = make(1, 16, 16, 10, 10)
+    x, weight, bias = make(16, 16, 16, 10, 10)
     x[0, 3, 2, 2] = float("nan")
     out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
     assert out[0, :, 0:3, 0:3].isnan().all()  # every output whose window holds the NaN pixel
@@ -83,7 +99,7 @@ def test_nan_input_gives_nan_in_its_output_block_through_the_relu():
 def test_gradcheck_float64():
     # The forward is Winograd's, the backward oneDNN's: they agree only if the forward is the
     # convolution (exact in exact arithmetic).
-    x, weight, bias = make(1, 16, 16, 7, 6, dtype=torch.float64)
+    x, weight, bias = make(images_for_winograd(7, 6), 16, 16, 7, 6, dtype=torch.float64)
     bias = bias + torch.where(bias >= 0, 0.5, -0.5)
     args = [t.requires_grad_() for t in (x, weight, bias)]
     assert torch.autograd.gradcheck(lambda *a: conv3x3_bias_relu(*a, True, backend="cpu"), args, fast_mode=True)

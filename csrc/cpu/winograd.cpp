@@ -24,7 +24,12 @@ constexpr int kTile = 6;             // input tile side
 constexpr int kOut = 4;              // output block side
 constexpr int kPoints = kTile * kTile;  // transform-domain points
 constexpr int64_t kBudgetBytes = 64 << 20;  // transform buffers per chunk of tiles
+// Below these the direct convolution wins: the weight transform, redone every call, is not
+// paid back (measured on the U-Net's layers at 572: 1024 -> 1024 at 30x30, 49 tiles, 0.78x;
+// 512 -> 1024 at 32x32, 64 tiles, 1.6x; layers with 16 or more channels and 64 or more
+// tiles 1.06-2.7x).
 constexpr int64_t kWinogradMinChannels = 16;
+constexpr int64_t kWinogradMinTiles = 64;
 
 // G (6x3) of F(4, 3); the weight transform is G g G^T.
 constexpr double kG[kTile][3] = {{1.0 / 4, 0, 0},
@@ -191,8 +196,9 @@ bool winograd_applies(const at::Tensor& x, const at::Tensor& weight) {
   const char* setting = std::getenv("UNET_FAST_WINOGRAD");
   if (setting && std::strcmp(setting, "0") == 0) return false;
   const auto dtype = x.scalar_type();
+  const int64_t tiles = x.size(0) * ((x.size(2) - 2 + kOut - 1) / kOut) * ((x.size(3) - 2 + kOut - 1) / kOut);
   return (dtype == at::kFloat || dtype == at::kDouble) && x.size(1) >= kWinogradMinChannels &&
-         weight.size(0) >= kWinogradMinChannels;
+         weight.size(0) >= kWinogradMinChannels && tiles >= kWinogradMinTiles;
 }
 
 at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,

@@ -8,8 +8,8 @@
 namespace unet_fast {
 
 // Whether the CPU forward of conv3x3_bias_relu takes the Winograd path for these operands:
-// fp32 or fp64, at least kWinogradMinChannels channels in and out, and not turned off by
-// UNET_FAST_WINOGRAD=0.
+// fp32 or fp64, at least 16 channels in and out, at least 64 output blocks of 4x4 (over the
+// batch), and not turned off by UNET_FAST_WINOGRAD=0.
 bool winograd_applies(const at::Tensor& x, const at::Tensor& weight);
 
 // relu(conv3x3(x, weight) + bias) (the ReLU if `relu`), channels_last, computed tile by tile
