@@ -1,9 +1,10 @@
 // CPU kernel of the pixel-weighted softmax cross-entropy: one pass over the logits computes
 // the loss and the gradient (for grad_output = 1) together, in blocks of pixels that stay in
 // cache while the channels are swept; for 'mean', a cheap first pass over the pixel weights
-// finds the denominator (over the labels too, with class weights). Every loop is branch-free so it vectorises, and the block functions are built
-// for AVX-512, AVX2 and baseline x86-64, chosen at load time. Loss partial sums are added in
-// a fixed order, so results do not depend on the thread count.
+// finds the denominator (over the labels too, with class weights). Every loop is branch-free
+// so it vectorises, and the block functions are built for AVX-512, AVX2 and baseline x86-64,
+// chosen at load time. Loss partial sums are added in a fixed order, so results do not depend
+// on the thread count.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
