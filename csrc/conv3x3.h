@@ -59,13 +59,21 @@ inline at::Tensor weight_grad_by_unfolding(const at::Tensor& grad, const at::Ten
   return per_image.sum(0).t().reshape(weight.sizes());
 }
 
+// The gradients of a backend that has no faster ones of its own than the vendor's.
+struct VendorConvGrads {
+  at::Tensor data(const at::Tensor&, const at::Tensor&) const { return {}; }
+  at::Tensor weight(const at::Tensor&, const at::Tensor&) const { return {}; }
+};
+
 // The vendor's weight gradient runs in `weight_grad_layout`; the data gradient, the ReLU mask
-// and the bias sum always run channels_last.
-template <typename ReluGradAndBiasSum>
+// and the bias sum always run channels_last. A backend computes a gradient itself where
+// `own_grads.data(masked_grad, weight)` or `own_grads.weight(masked_grad, x)` returns a
+// defined tensor; the vendor computes the rest.
+template <typename ReluGradAndBiasSum, typename OwnGrads>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask,
-    ReluGradAndBiasSum relu_grad_and_bias_sum,
+    ReluGradAndBiasSum relu_grad_and_bias_sum, const OwnGrads& own_grads,
     at::MemoryFormat weight_grad_layout = at::MemoryFormat::ChannelsLast) {
   constexpr auto layout = at::MemoryFormat::ChannelsLast;
   at::Tensor grad = grad_out.contiguous(layout);
@@ -78,8 +86,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
     at::sum_out(grad_bias, grad, {0, 2, 3}, false, acc_type);
   }
   if (grad_bias.defined()) grad_bias = grad_bias.to(weight.scalar_type());
+  at::Tensor grad_x, grad_weight;
+  if (output_mask[0]) grad_x = own_grads.data(grad, weight);
   const bool unfold = output_mask[1] && weight_grad_by_unfolding_pays(x);
-  const bool vendor_weight_grad = output_mask[1] && !unfold;
+  if (output_mask[1] && !unfold) grad_weight = own_grads.weight(grad, x);
+  const bool vendor_data_grad = output_mask[0] && !grad_x.defined();
+  const bool vendor_weight_grad = output_mask[1] && !unfold && !grad_weight.defined();
   const auto vendor = [&](const at::Tensor& g, const at::Tensor& input, at::MemoryFormat memory_format,
                           bool data_grad, bool weight_grad) {
     // x's values only matter for the weight's gradient; for x's own only its shape does.
@@ -87,13 +99,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
                                     weight.contiguous(memory_format), std::nullopt, {1, 1}, {0, 0}, {1, 1},
                                     false, {0, 0}, 1, {data_grad, weight_grad, false});
   };
-  at::Tensor grad_x, grad_weight;
   if (weight_grad_layout == layout) {
-    if (output_mask[0] || vendor_weight_grad) {
-      std::tie(grad_x, grad_weight, std::ignore) = vendor(grad, x, layout, output_mask[0], vendor_weight_grad);
+    if (vendor_data_grad || vendor_weight_grad) {
+      at::Tensor vendor_grad_x, vendor_grad_weight;
+      std::tie(vendor_grad_x, vendor_grad_weight, std::ignore) =
+          vendor(grad, x, layout, vendor_data_grad, vendor_weight_grad);
+      if (vendor_data_grad) grad_x = vendor_grad_x;
+      if (vendor_weight_grad) grad_weight = vendor_grad_weight;
     }
   } else {
-    if (output_mask[0]) grad_x = std::get<0>(vendor(grad, x, layout, true, false));
+    if (vendor_data_grad) grad_x = std::get<0>(vendor(grad, x, layout, true, false));
     if (vendor_weight_grad) {
       grad_weight = std::get<1>(vendor(grad.contiguous(weight_grad_layout), x, weight_grad_layout, false, true));
     }

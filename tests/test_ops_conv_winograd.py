@@ -1,7 +1,9 @@
-"""The Winograd F(4x4, 3x3) forward that conv3x3_bias_relu's CPU backend takes for fp32/fp64
-tensors with at least 16 channels in and out and at least 64 output blocks of 4x4 over the
-batch (csrc/cpu/winograd.cpp), against float64 direct convolution. Its error in float32 is that of the transforms (points 0, +-1, +-2 scale values by
-up to 8): a few 1e-6 of the output's norm, against oneDNN's direct 1e-6."""
+"""The Winograd F(4x4, 3x3) convolutions that conv3x3_bias_relu's CPU backend takes for
+fp32/fp64 tensors with at least 16 channels in and out and at least 64 blocks of 4x4 over the
+batch (csrc/cpu/winograd.cpp) — the forward, the data gradient (a full convolution) and the
+weight gradient — against float64 direct convolution. Their error in float32 is that of the
+transforms (points 0, +-1, +-2 scale values by up to 8): a few 1e-6 of the result's norm,
+against oneDNN's direct 1e-7 to 1e-5 (its weight gradient sums long rows naively)."""
 
 import pytest
 import torch
@@ -35,11 +37,28 @@ def make(n, c_in, c_out, h, w, dtype=torch.float32, seed=0):
     return [t.to(dtype) for t in (x, weight, bias)]
 
 
-def errors(got, x, weight, bias, relu):
-    want = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double())
-    want = F.relu(want) if relu else want
+def relative_errors(got, want):
+    """Norm-wise error, and the largest error relative to the largest value."""
     diff = got.double() - want
     return (diff.norm() / want.norm()).item(), (diff.abs().max() / want.abs().max()).item()
+
+
+def errors(got, x, weight, bias, relu):
+    want = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double())
+    return relative_errors(got, F.relu(want) if relu else want)
+
+
+def backward_errors(x, weight, relu, seed=1):
+    """Errors of the data and weight gradients of the CPU backward, whose ReLU mask comes from
+    the forward's own output, against float64 with the same mask."""
+    out = conv3x3_bias_relu(x, weight, None, relu, backend="cpu")
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    grad_x, grad_weight, _ = torch.ops.unet_fast.conv3x3_bias_relu_backward(
+        grad, x, weight, out if relu else None, [True, True, False])
+    masked = grad.double() * (out > 0) if relu else grad.double()
+    want_x = torch.nn.grad.conv2d_input(x.shape, weight.double(), masked)
+    want_weight = torch.nn.grad.conv2d_weight(x.double(), weight.shape, masked)
+    return relative_errors(grad_x, want_x), relative_errors(grad_weight, want_weight)
 
 
 @pytest.mark.parametrize("layer", UNET_LAYERS, ids=lambda layer: "{}to{}".format(*layer))
@@ -47,6 +66,22 @@ def test_every_unet_layer_shape_in_float32(layer):
     x, weight, bias = make(images_for_winograd(15, 11), *layer, 15, 11)
     norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL, (norm_error, max_error)
+
+
+@pytest.mark.parametrize("layer", UNET_LAYERS, ids=lambda layer: "{}to{}".format(*layer))
+def test_backward_of_every_unet_layer_shape_in_float32(layer):
+    x, weight, _ = make(images_for_winograd(15, 11), *layer, 15, 11)
+    for norm_error, max_error in backward_errors(x, weight, relu=True):
+        assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL, (norm_error, max_error)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, NORM_RTOL), (torch.float64, 1e-13)])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("size", [(3, 3), (4, 5), (6, 6), (7, 9), (13, 30)], ids=str)
+def test_backward_odd_sizes(dtype, rtol, relu, size):
+    x, weight, _ = make(images_for_winograd(*size), 24, 16, *size, dtype=dtype)
+    for norm_error, _ in backward_errors(x, weight, relu):
+        assert norm_error <= rtol
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, NORM_RTOL), (torch.float64, 1e-13)])
@@ -61,29 +96,44 @@ def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size):
 
 
 def test_tiles_beyond_one_chunk_of_transform_buffers():
-    # 256 channels in and out take 910 tiles a chunk (64 MB); 64 images of 16 tiles make two.
+    # 256 channels in and out take 910 tiles a chunk (64 MB); 64 images of 16 tiles make two
+    # (forward and weight gradient), of 25 tiles two for the data gradient.
     x, weight, bias = make(64, 256, 256, 18, 18)
     norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
+    for norm_error, max_error in backward_errors(x, weight, relu=True):
+        assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
+
+
+def forward_and_backward(x, weight, bias):
+    args = [t.detach().requires_grad_() for t in (x, weight, bias)]
+    out = conv3x3_bias_relu(*args, True, backend="cpu")
+    out.backward(torch.linspace(-1, 1, out.numel()).view(out.shape))
+    return [out.detach()] + [t.grad for t in args]
 
 
 def winograd_and_direct(x, weight, bias, monkeypatch):
-    winograd = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    winograd = forward_and_backward(x, weight, bias)
     with monkeypatch.context() as patch:
         patch.setenv("UNET_FAST_WINOGRAD", "0")
-        direct = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+        direct = forward_and_backward(x, weight, bias)
     return winograd, direct
 
 
 def test_is_taken_from_64_blocks_and_can_be_turned_off(monkeypatch):
     x, weight, bias = make(4, 16, 16, 18, 18)  # 4 images of 16 blocks of 4x4
     winograd, direct = winograd_and_direct(x, weight, bias, monkeypatch)
-    assert not torch.equal(winograd, direct)  # different arithmetic, different roundings
-    torch.testing.assert_close(winograd, direct, rtol=1e-4, atol=1e-5)
-    assert winograd.is_contiguous(memory_format=torch.channels_last)
-    below = [make(3, 16, 16, 18, 18), make(4, 15, 16, 18, 18), make(4, 16, 15, 18, 18)]
-    for x, weight, bias in below:  # 48 blocks; 15 channels in; 15 channels out
-        assert torch.equal(*winograd_and_direct(x, weight, bias, monkeypatch))
+    for ours, vendor in zip(winograd[:3], direct[:3]):  # output, grad x, grad weight
+        assert not torch.equal(ours, vendor)  # different arithmetic, different roundings
+        norm_error, max_error = relative_errors(ours, vendor.double())
+        assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
+    assert winograd[0].is_contiguous(memory_format=torch.channels_last)
+    # 2 images: 32 blocks of the output, 50 of the input (the data gradient's output); 15
+    # channels in; 15 channels out.
+    below = [make(2, 16, 16, 18, 18), make(4, 15, 16, 18, 18), make(4, 16, 15, 18, 18)]
+    for x, weight, bias in below:
+        for ours, vendor in zip(*winograd_and_direct(x, weight, bias, monkeypatch)):
+            assert torch.equal(ours, vendor)
 
 
 def test_nan_input_gives_nan_in_its_output_block_through_the_relu():
@@ -96,10 +146,11 @@ def test_nan_input_gives_nan_in_its_output_block_through_the_relu():
     assert not out[0, :, 4:, :].isnan().any() and not out[0, :, :, 4:].isnan().any()
 
 
-def test_gradcheck_float64():
-    # The forward is Winograd's, the backward oneDNN's: they agree only if the forward is the
-    # convolution (exact in exact arithmetic).
-    x, weight, bias = make(images_for_winograd(7, 6), 16, 16, 7, 6, dtype=torch.float64)
+@pytest.mark.parametrize("size", [(7, 6), (10, 13)], ids=str)
+def test_gradcheck_float64(size):
+    # Forward and both gradients are Winograd's (exact in exact arithmetic), checked against
+    # finite differences of the forward.
+    x, weight, bias = make(images_for_winograd(*size), 16, 16, *size, dtype=torch.float64)
     bias = bias + torch.where(bias >= 0, 0.5, -0.5)
     args = [t.requires_grad_() for t in (x, weight, bias)]
     assert torch.autograd.gradcheck(lambda *a: conv3x3_bias_relu(*a, True, backend="cpu"), args, fast_mode=True)

@@ -76,11 +76,31 @@ at::MemoryFormat weight_grad_layout() {
 #endif
 }
 
+// The backward's convolutions by Winograd where it pays; the data gradient is the full
+// convolution of the masked gradient, from C_out to C_in channels.
+struct WinogradGrads {
+  at::Tensor data(const at::Tensor& grad, const at::Tensor& weight) const {
+    if (!winograd_pays(grad.scalar_type(), grad.size(0), weight.size(0), weight.size(1), grad.size(2) + 2,
+                       grad.size(3) + 2)) {
+      return {};
+    }
+    return winograd_conv3x3_data_grad(grad, weight);
+  }
+  at::Tensor weight(const at::Tensor& grad, const at::Tensor& x) const {
+    if (!winograd_pays(grad.scalar_type(), grad.size(0), x.size(1), grad.size(1), grad.size(2), grad.size(3))) {
+      return {};
+    }
+    return winograd_conv3x3_weight_grad(grad, x);
+  }
+};
+
 at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, bool relu) {
   const PooledAllocations pooled;
   check_conv3x3_args(x, weight, bias);
-  if (winograd_applies(x, weight)) return winograd_conv3x3(x, weight, bias, relu);
+  if (winograd_pays(x.scalar_type(), x.size(0), x.size(1), weight.size(0), x.size(2) - 2, x.size(3) - 2)) {
+    return winograd_conv3x3(x, weight, bias, relu);
+  }
   return conv3x3_forward(x, weight, bias, relu);
 }
 
@@ -89,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cpu(
     const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask) {
   const PooledAllocations pooled;
   return conv3x3_backward_with(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cpu,
-                               weight_grad_layout());
+                               WinogradGrads{}, weight_grad_layout());
 }
 
 }  // namespace

@@ -39,26 +39,25 @@ constexpr double kG[kTile][3] = {{1.0 / 4, 0, 0},
                                  {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                  {0, 0, 1}};
 
-// (36, C_in, C_out): point (a, b) holds G g G^T [a][b] for every channel pair. One GEMM of the
-// 36x9 matrix kron(G, G) with the weights as (9, C_in * C_out).
-at::Tensor transform_weight(const at::Tensor& weight) {
-  at::Tensor g = at::empty({kTile, 3}, weight.options().dtype(at::kDouble));
+// kron(G, G), 36x9: row (a, b), column (i, j) holds G[a][i] G[b][j].
+at::Tensor kron_g(at::ScalarType dtype) {
+  at::Tensor g = at::empty({kTile, 3}, at::TensorOptions().dtype(at::kDouble));
   std::memcpy(g.data_ptr<double>(), kG, sizeof kG);
-  const at::Tensor gg = at::kron(g, g).to(weight.scalar_type());  // (36, 9)
-  const int64_t c_out = weight.size(0), c_in = weight.size(1);
-  const at::Tensor taps = weight.permute({2, 3, 1, 0}).reshape({9, c_in * c_out});
-  return at::mm(gg, taps).view({kPoints, c_in, c_out});
+  return at::kron(g, g).to(dtype);  // (36, 9)
 }
 
-// Where tile `tile` of the flat tile index lies: image, first output row and column.
+// (36, C_in, C_out): point (a, b) holds G g G^T [a][b] for every channel pair. One GEMM of
+// kron(G, G) with the weights as (9, C_in * C_out).
+at::Tensor transform_weight(const at::Tensor& weight) {
+  const int64_t c_out = weight.size(0), c_in = weight.size(1);
+  const at::Tensor taps = weight.permute({2, 3, 1, 0}).reshape({9, c_in * c_out});
+  return at::mm(kron_g(weight.scalar_type()), taps).view({kPoints, c_in, c_out});
+}
+
+// Image, first output row and first output column of a tile's 4x4 output block.
 struct TilePosition {
   int64_t image, y, x;
 };
-
-inline TilePosition tile_position(int64_t tile, int64_t tiles_y, int64_t tiles_x) {
-  const int64_t per_image = tiles_y * tiles_x, within = tile % per_image;
-  return {tile / per_image, within / tiles_x * kOut, within % tiles_x * kOut};
-}
 
 // out[i * stride + c] = (B^T v)[i] for the six channel vectors v[0..5] (B^T of F(4, 3)).
 // Always inlined, so it is built for the target of the function that calls it.
@@ -138,47 +137,120 @@ UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int
   }
 }
 
+// out = the convolution of x, zero-padded by `pad` on every side, with the transformed weights
+// (plus bias, then the ReLU if `relu`). Tiles read zeros wherever they leave x.
+// The 6x6 transform A dY A^T of one 4x4 block of output gradient, the adjoint of the output
+// transform: dY's row p starts at rows[p] (columns q at rows[p] + q * channels), rows below the
+// output at a row of zeros, rows[4]; only the first `columns` columns are read. Points lie
+// point_stride apart in dm; `scratch` holds 24 x C values.
 template <typename T>
-void winograd_typed(const at::Tensor& x, const at::Tensor& weight_t, const at::Tensor& bias_values,
+UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, T* scratch,
+                                         T* dm, int64_t point_stride) {
+  const T* zeros = rows[kOut];
+  for (int q = 0; q < kOut; ++q) {  // columns: s[a][q] = (A dY)[a][q]
+    const T* z0 = q < columns ? rows[0] + q * channels : zeros;
+    const T* z1 = q < columns ? rows[1] + q * channels : zeros;
+    const T* z2 = q < columns ? rows[2] + q * channels : zeros;
+    const T* z3 = q < columns ? rows[3] + q * channels : zeros;
+    T* s = scratch + q * channels;
+    const int64_t row = kOut * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const T even = z0[c] + z2[c], odd = z1[c] + z3[c];
+      const T even4 = z0[c] + T(4) * z2[c], odd4 = T(2) * z1[c] + T(8) * z3[c];
+      s[c] = z0[c];
+      s[row + c] = even + odd;
+      s[2 * row + c] = even - odd;
+      s[3 * row + c] = even4 + odd4;
+      s[4 * row + c] = even4 - odd4;
+      s[5 * row + c] = z3[c];
+    }
+  }
+  for (int a = 0; a < kTile; ++a) {  // rows: dM[a][b] = (s A^T)[a][b]
+    const T* s = scratch + a * kOut * channels;
+    T* out = dm + a * kTile * point_stride;
+    const int64_t p = point_stride;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const T z0 = s[c], z1 = s[channels + c], z2 = s[2 * channels + c], z3 = s[3 * channels + c];
+      const T even = z0 + z2, odd = z1 + z3, even4 = z0 + T(4) * z2, odd4 = T(2) * z1 + T(8) * z3;
+      out[c] = z0;
+      out[p + c] = even + odd;
+      out[2 * p + c] = even - odd;
+      out[3 * p + c] = even4 + odd4;
+      out[4 * p + c] = even4 - odd4;
+      out[5 * p + c] = z3;
+    }
+  }
+}
+
+// The 4x4 output blocks of a convolution with an out_h x out_w output, over the batch.
+struct TileGrid {
+  int64_t images, out_h, out_w, tiles_y, tiles_x;
+  TileGrid(int64_t images, int64_t out_h, int64_t out_w)
+      : images(images), out_h(out_h), out_w(out_w), tiles_y((out_h + kOut - 1) / kOut),
+        tiles_x((out_w + kOut - 1) / kOut) {}
+  int64_t tiles() const { return images * tiles_y * tiles_x; }
+  // Image, first output row and column of tile number `tile`.
+  TilePosition position(int64_t tile) const {
+    const int64_t per_image = tiles_y * tiles_x, within = tile % per_image;
+    return {tile / per_image, within / tiles_x * kOut, within % tiles_x * kOut};
+  }
+  // Tiles per chunk such that the chunk's transform buffers of c_in + c_out channels stay in budget.
+  int64_t chunk(int64_t channels, int64_t element_size) const {
+    return std::clamp<int64_t>(kBudgetBytes / (kPoints * channels * element_size), 1, tiles());
+  }
+};
+
+// u[point][t][c] = (B^T d B) for tiles first .. first + count of the channels_last input x,
+// zero-padded by `pad`; d is the tile's 6x6 window of x, starting `pad` before its output block.
+template <typename T>
+void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& grid, int64_t first, int64_t count,
+                           T* u) {
+  const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
+  const T* input = x.const_data_ptr<T>();
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(kPoints * channels), zeros(channels, T(0));
+    const T* rows[kPoints];
+    for (int64_t t = begin; t < end; ++t) {
+      const TilePosition pos = grid.position(first + t);
+      for (int a = 0; a < kTile; ++a) {
+        for (int b = 0; b < kTile; ++b) {
+          const int64_t y = pos.y + a - pad, x = pos.x + b - pad;
+          const bool inside = y >= 0 && y < height && x >= 0 && x < width;
+          rows[a * kTile + b] = inside ? input + ((pos.image * height + y) * width + x) * channels : zeros.data();
+        }
+      }
+      input_transform<T>(rows, channels, scratch.data(), u + t * channels, count * channels);
+    }
+  });
+}
+
+// out = the convolution of x, zero-padded by `pad` on every side, with the transformed weights
+// (plus bias, then the ReLU if `relu`).
+template <typename T>
+void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
                     bool relu, at::Tensor& out) {
-  const int64_t images = x.size(0), c_in = x.size(1), height = x.size(2), width = x.size(3);
-  const int64_t c_out = out.size(1), out_h = out.size(2), out_w = out.size(3);
-  const int64_t tiles_y = (out_h + kOut - 1) / kOut, tiles_x = (out_w + kOut - 1) / kOut;
-  const int64_t tiles = images * tiles_y * tiles_x;
-  const int64_t chunk = std::clamp<int64_t>(kBudgetBytes / (kPoints * (c_in + c_out) * int64_t(sizeof(T))), 1, tiles);
+  const int64_t c_in = x.size(1), c_out = out.size(1), out_h = out.size(2), out_w = out.size(3);
+  const TileGrid grid(x.size(0), out_h, out_w);
+  const int64_t chunk = grid.chunk(c_in + c_out, sizeof(T));
   at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
   at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, x.options());
-  const T* input = x.const_data_ptr<T>();
   const T* bias = bias_values.const_data_ptr<T>();
   T* output = out.mutable_data_ptr<T>();
 
-  for (int64_t first = 0; first < tiles; first += chunk) {
-    const int64_t count = std::min(chunk, tiles - first);
+  for (int64_t first = 0; first < grid.tiles(); first += chunk) {
+    const int64_t count = std::min(chunk, grid.tiles() - first);
     at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
     at::Tensor m = m_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
-    T* u_data = u.mutable_data_ptr<T>();
-    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(kPoints * c_in), zeros(c_in, T(0));
-      const T* rows[kPoints];
-      for (int64_t t = begin; t < end; ++t) {
-        const TilePosition pos = tile_position(first + t, tiles_y, tiles_x);
-        for (int a = 0; a < kTile; ++a) {
-          for (int b = 0; b < kTile; ++b) {
-            const int64_t y = pos.y + a, x = pos.x + b;
-            const bool inside = y < height && x < width;
-            rows[a * kTile + b] = inside ? input + ((pos.image * height + y) * width + x) * c_in : zeros.data();
-          }
-        }
-        input_transform<T>(rows, c_in, scratch.data(), u_data + t * c_in, count * c_in);
-      }
-    });
+    transform_input_tiles<T>(x, pad, grid, first, count, u.mutable_data_ptr<T>());
     at::bmm_out(m, u, weight_t);
     const T* m_data = m.const_data_ptr<T>();
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> scratch(kTile * kOut * c_out), spare(kOut * c_out);
       T* out_rows[kOut];
       for (int64_t t = begin; t < end; ++t) {
-        const TilePosition pos = tile_position(first + t, tiles_y, tiles_x);
+        const TilePosition pos = grid.position(first + t);
         for (int p = 0; p < kOut; ++p) {  // rows below the output are written to `spare`
           const int64_t y = pos.y + p;
           out_rows[p] = y < out_h ? output + ((pos.image * out_h + y) * out_w + pos.x) * c_out : spare.data();
@@ -190,15 +262,50 @@ void winograd_typed(const at::Tensor& x, const at::Tensor& weight_t, const at::T
   }
 }
 
+// grad_weight_t[point] = sum over tiles of (B^T d B)^T (A dY A^T): the weight gradient in the
+// transform domain, (36, C_in, C_out), accumulated chunk by chunk.
+template <typename T>
+void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight_t) {
+  const int64_t c_in = x.size(1), c_out = grad.size(1), out_h = grad.size(2), out_w = grad.size(3);
+  const TileGrid grid(x.size(0), out_h, out_w);
+  const int64_t chunk = grid.chunk(c_in + c_out, sizeof(T));
+  at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
+  at::Tensor dm_buffer = at::empty({kPoints * chunk * c_out}, x.options());
+  const T* gradient = grad.const_data_ptr<T>();
+  grad_weight_t.zero_();
+
+  for (int64_t first = 0; first < grid.tiles(); first += chunk) {
+    const int64_t count = std::min(chunk, grid.tiles() - first);
+    at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
+    at::Tensor dm = dm_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
+    transform_input_tiles<T>(x, 0, grid, first, count, u.mutable_data_ptr<T>());
+    T* dm_data = dm.mutable_data_ptr<T>();
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(kTile * kOut * c_out), zeros(kOut * c_out, T(0));  // a row of zeros
+      const T* rows[kOut + 1];
+      rows[kOut] = zeros.data();
+      for (int64_t t = begin; t < end; ++t) {
+        const TilePosition pos = grid.position(first + t);
+        for (int p = 0; p < kOut; ++p) {
+          const int64_t y = pos.y + p;
+          rows[p] = y < out_h ? gradient + ((pos.image * out_h + y) * out_w + pos.x) * c_out : zeros.data();
+        }
+        const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
+        grad_transform<T>(rows, columns, c_out, scratch.data(), dm_data + t * c_out, count * c_out);
+      }
+    });
+    grad_weight_t.baddbmm_(u.transpose(1, 2), dm);
+  }
+}
+
 }  // namespace
 
-bool winograd_applies(const at::Tensor& x, const at::Tensor& weight) {
+bool winograd_pays(at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out, int64_t out_h,
+                   int64_t out_w) {
   const char* setting = std::getenv("UNET_FAST_WINOGRAD");
   if (setting && std::strcmp(setting, "0") == 0) return false;
-  const auto dtype = x.scalar_type();
-  const int64_t tiles = x.size(0) * ((x.size(2) - 2 + kOut - 1) / kOut) * ((x.size(3) - 2 + kOut - 1) / kOut);
-  return (dtype == at::kFloat || dtype == at::kDouble) && x.size(1) >= kWinogradMinChannels &&
-         weight.size(0) >= kWinogradMinChannels && tiles >= kWinogradMinTiles;
+  return (dtype == at::kFloat || dtype == at::kDouble) && c_in >= kWinogradMinChannels &&
+         c_out >= kWinogradMinChannels && TileGrid(images, out_h, out_w).tiles() >= kWinogradMinTiles;
 }
 
 at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,
@@ -211,9 +318,36 @@ at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,
   const at::Tensor bias_values = bias ? bias->to(x.scalar_type()).contiguous() : at::zeros({c_out}, x.options());
   const at::Tensor weight_t = transform_weight(weight);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
-    winograd_typed<scalar_t>(x, weight_t, bias_values, relu, out);
+    winograd_typed<scalar_t>(x, 0, weight_t, bias_values, relu, out);
   });
   return out;
+}
+
+at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad_in, const at::Tensor& weight) {
+  const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t c_in = weight.size(1);
+  at::Tensor grad_x = at::empty({grad.size(0), c_in, grad.size(2) + 2, grad.size(3) + 2},
+                                grad.options().memory_format(at::MemoryFormat::ChannelsLast));
+  // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
+  const at::Tensor weight_t = transform_weight(weight.flip({2, 3}).transpose(0, 1));
+  const at::Tensor no_bias = at::zeros({c_in}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "winograd_conv3x3_data_grad", [&] {
+    winograd_typed<scalar_t>(grad, 2, weight_t, no_bias, false, grad_x);
+  });
+  return grad_x;
+}
+
+at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in) {
+  const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t c_in = x.size(1), c_out = grad.size(1);
+  at::Tensor grad_weight_t = at::empty({kPoints, c_in, c_out}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3_weight_grad", [&] {
+    winograd_weight_grad_typed<scalar_t>(grad, x, grad_weight_t);
+  });
+  // Back from the transform domain: the 3x3 taps are kron(G, G)^T times the 36 points.
+  const at::Tensor taps = at::mm(kron_g(x.scalar_type()).t(), grad_weight_t.view({kPoints, c_in * c_out}));
+  return taps.view({3, 3, c_in, c_out}).permute({3, 2, 0, 1});
 }
 
 }  // namespace unet_fast

@@ -33,7 +33,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask) {
   const c10::cuda::CUDAGuard guard(grad_out.device());
-  return conv3x3_backward_with(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cuda);
+  return conv3x3_backward_with(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cuda,
+                               VendorConvGrads{});
 }
 
 }  // namespace
