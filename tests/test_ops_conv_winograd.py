@@ -1,9 +1,9 @@
 """The Winograd F(4x4, 3x3) convolutions that conv3x3_bias_relu's CPU backend takes for
 fp32/fp64 tensors with at least 16 channels in and out and at least 64 blocks of 4x4 over the
-batch (csrc/cpu/winograd.cpp) — the forward, the data gradient (a full convolution) and the
+batch, 36 with 512 channels (csrc/cpu/winograd.cpp) — the forward, the data gradient (a full convolution) and the
 weight gradient — against float64 direct convolution. Their error in float32 is that of the
 transforms (points 0, +-1, +-2 scale values by up to 8): a few 1e-6 of the result's norm,
-against oneDNN's direct 1e-7 to 1e-5 (its weight gradient sums long rows naively)."""
+against oneDNN's direct 1e-7 to 1e-5."""
 
 import pytest
 import torch
@@ -96,8 +96,8 @@ def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size):
 
 
 def test_tiles_beyond_one_chunk_of_transform_buffers():
-    # 256 channels in and out take 910 tiles a chunk (64 MB); 64 images of 16 tiles make two
-    # (forward and weight gradient), of 25 tiles two for the data gradient.
+    # 256 channels in and out take 227 tiles a chunk (16 MB); 64 images of 16 tiles make five
+    # (forward and weight gradient), of 25 tiles eight (data gradient).
     x, weight, bias = make(64, 256, 256, 18, 18)
     norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
@@ -134,6 +134,20 @@ def test_is_taken_from_64_blocks_and_can_be_turned_off(monkeypatch):
     for x, weight, bias in below:
         for ours, vendor in zip(*winograd_and_direct(x, weight, bias, monkeypatch)):
             assert torch.equal(ours, vendor)
+
+
+def test_wide_layers_take_it_from_36_blocks(monkeypatch):
+    def forward_taken(c_in, c_out, side):
+        x, weight, bias = make(1, c_in, c_out, side, side)
+        winograd = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+        with monkeypatch.context() as patch:
+            patch.setenv("UNET_FAST_WINOGRAD", "0")
+            direct = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+        return not torch.equal(winograd, direct)
+
+    assert forward_taken(512, 512, 26)  # 6x6 blocks
+    assert not forward_taken(512, 512, 22)  # 5x5 blocks
+    assert not forward_taken(511, 512, 26)
 
 
 def test_nan_input_gives_nan_in_its_output_block_through_the_relu():

@@ -23,13 +23,14 @@ namespace {
 constexpr int kTile = 6;             // input tile side
 constexpr int kOut = 4;              // output block side
 constexpr int kPoints = kTile * kTile;  // transform-domain points
-constexpr int64_t kBudgetBytes = 64 << 20;  // transform buffers per chunk of tiles
-// Below these the direct convolution wins: the weight transform, redone every call, is not
-// paid back (measured on the U-Net's layers at 572: 1024 -> 1024 at 30x30, 49 tiles, 0.78x;
-// 512 -> 1024 at 32x32, 64 tiles, 1.6x; layers with 16 or more channels and 64 or more
-// tiles 1.06-2.7x).
+constexpr int64_t kBudgetBytes = 16 << 20;  // transform buffers per chunk of tiles (64 MB: no faster)
+// Below these the direct convolution wins or ties: too little work a call to pay for the
+// transforms (measured forward, data and weight gradients, square layers of 16 to 1024
+// channels at 16 to 289 blocks: docs/winograd.md). Wide layers pay from fewer blocks.
 constexpr int64_t kWinogradMinChannels = 16;
 constexpr int64_t kWinogradMinTiles = 64;
+constexpr int64_t kWideChannels = 512;
+constexpr int64_t kWideMinTiles = 36;
 
 // G (6x3) of F(4, 3); the weight transform is G g G^T.
 constexpr double kG[kTile][3] = {{1.0 / 4, 0, 0},
@@ -304,8 +305,10 @@ bool winograd_pays(at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c
                    int64_t out_w) {
   const char* setting = std::getenv("UNET_FAST_WINOGRAD");
   if (setting && std::strcmp(setting, "0") == 0) return false;
+  const bool wide = c_in >= kWideChannels && c_out >= kWideChannels;
   return (dtype == at::kFloat || dtype == at::kDouble) && c_in >= kWinogradMinChannels &&
-         c_out >= kWinogradMinChannels && TileGrid(images, out_h, out_w).tiles() >= kWinogradMinTiles;
+         c_out >= kWinogradMinChannels &&
+         TileGrid(images, out_h, out_w).tiles() >= (wide ? kWideMinTiles : kWinogradMinTiles);
 }
 
 at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,

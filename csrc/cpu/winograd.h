@@ -11,8 +11,8 @@ namespace unet_fast {
 
 // Whether a 3x3 convolution of `images` images from c_in to c_out channels with an
 // out_h x out_w output is better done by Winograd: fp32 or fp64, at least 16 channels in and
-// out, at least 64 output blocks of 4x4 (over the batch), and not turned off by
-// UNET_FAST_WINOGRAD=0.
+// out, at least 64 output blocks of 4x4 over the batch (36 with 512 or more channels in and
+// out), and not turned off by UNET_FAST_WINOGRAD=0.
 bool winograd_pays(at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out, int64_t out_h,
                    int64_t out_w);
 
