@@ -180,3 +180,25 @@ def test_triton_dots_use_tf32_only_where_cudnn_may(allow_tf32, monkeypatch):
     assert conv3x3._dot_precision(torch.float32) == ("tf32" if allow_tf32 else "ieee")
     assert conv3x3._dot_precision(torch.bfloat16) == "ieee"  # tensor cores regardless
     assert conv3x3._dot_precision(torch.float64) == "ieee"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_computes_in_fp32_where_onednn_emulates_the_dtype(dtype):
+    # Without AVX-512 oneDNN emulates bf16/fp16 several times slower than fp32, so the CPU
+    # backend computes in fp32 and rounds once; elsewhere it runs oneDNN in the dtype.
+    emulated = not {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
+                    torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}[dtype]()
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(shape, generator=g) for shape in [(2, 16, 12, 12), (24, 16, 3, 3), (24,)])
+    grad = torch.randn(2, 24, 10, 10, generator=g)
+    results = {}
+    for compute in (dtype, torch.float32):
+        args = [t.to(dtype).to(compute).requires_grad_() for t in (x, weight, bias)]
+        out = conv3x3_bias_relu(*args, True, backend="cpu")
+        out.backward(grad.to(dtype).to(compute))
+        results[compute] = [t.to(dtype) for t in [out] + [a.grad for a in args]]
+        assert out.dtype == compute
+    for reduced, rounded in zip(results[dtype], results[torch.float32]):
+        if emulated:
+            assert torch.equal(reduced, rounded)
+        torch.testing.assert_close(reduced.float(), rounded.float(), rtol=3e-2, atol=3e-2)
