@@ -40,19 +40,86 @@ constexpr double kG[kTile][3] = {{1.0 / 4, 0, 0},
                                  {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                  {0, 0, 1}};
 
-// kron(G, G), 36x9: row (a, b), column (i, j) holds G[a][i] G[b][j].
-at::Tensor kron_g(at::ScalarType dtype) {
-  at::Tensor g = at::empty({kTile, 3}, at::TensorOptions().dtype(at::kDouble));
-  std::memcpy(g.data_ptr<double>(), kG, sizeof kG);
-  return at::kron(g, g).to(dtype);  // (36, 9)
+// wt[(a, b) * point_stride + o * C + c] = (G g G^T)[a][b] for the 3x3 filter g of output
+// channel o and input channel c, turned by 180 degrees if `turned`; taps[k] points at the C
+// input channels of tap k = 3 i + j of output channel o (channels_last weights).
+template <typename T>
+UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channels, bool turned, T* scratch,
+                                            T* wt, int64_t point_stride) {
+  for (int a = 0; a < kTile; ++a) {  // scratch[a][j] = (G g)[a][j]
+    for (int j = 0; j < 3; ++j) {
+      const T g0 = T(kG[a][0]), g1 = T(kG[a][1]), g2 = T(kG[a][2]);
+      const T *t0 = taps[turned ? 8 - j : j], *t1 = taps[turned ? 5 - j : 3 + j], *t2 = taps[turned ? 2 - j : 6 + j];
+      T* out = scratch + (a * 3 + j) * channels;
+#pragma omp simd
+      for (int64_t c = 0; c < channels; ++c) out[c] = g0 * t0[c] + g1 * t1[c] + g2 * t2[c];
+    }
+  }
+  for (int a = 0; a < kTile; ++a) {  // wt[a][b] = (G g G^T)[a][b]
+    const T *s0 = scratch + a * 3 * channels, *s1 = s0 + channels, *s2 = s1 + channels;
+    for (int b = 0; b < kTile; ++b) {
+      const T g0 = T(kG[b][0]), g1 = T(kG[b][1]), g2 = T(kG[b][2]);
+      T* out = wt + (a * kTile + b) * point_stride;
+#pragma omp simd
+      for (int64_t c = 0; c < channels; ++c) out[c] = g0 * s0[c] + g1 * s1[c] + g2 * s2[c];
+    }
+  }
 }
 
-// (36, C_in, C_out): point (a, b) holds G g G^T [a][b] for every channel pair. One GEMM of
-// kron(G, G) with the weights as (9, C_in * C_out).
-at::Tensor transform_weight(const at::Tensor& weight) {
+// The adjoint: taps[k][c] = (G^T d G)[i][j] for the 36 points d[(a, b)] = du[(a, b) * point_stride
+// + c], k = 3 i + j.
+template <typename T>
+UNET_FAST_CPU_CLONES void untransform_filters(const T* du, int64_t point_stride, int64_t channels, T* scratch,
+                                              T* const* taps) {
+  for (int i = 0; i < 3; ++i) {  // scratch[i][b] = (G^T d)[i][b]
+    for (int b = 0; b < kTile; ++b) {
+      T* out = scratch + (i * kTile + b) * channels;
+      std::fill_n(out, channels, T(0));
+      for (int a = 0; a < kTile; ++a) {
+        const T g = T(kG[a][i]);
+        if (g == T(0)) continue;
+        const T* d = du + (a * kTile + b) * point_stride;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) out[c] += g * d[c];
+      }
+    }
+  }
+  for (int i = 0; i < 3; ++i) {  // taps[i][j] = (G^T d G)[i][j]
+    for (int j = 0; j < 3; ++j) {
+      T* out = taps[3 * i + j];
+      std::fill_n(out, channels, T(0));
+      for (int b = 0; b < kTile; ++b) {
+        const T g = T(kG[b][j]);
+        if (g == T(0)) continue;
+        const T* s = scratch + (i * kTile + b) * channels;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) out[c] += g * s[c];
+      }
+    }
+  }
+}
+
+// (36, C_out, C_in): point (a, b) holds G g G^T [a][b] for every channel pair (g turned by
+// 180 degrees if `turned`). The transposed view (36, C_in, C_out) is the forward's right GEMM
+// operand; as it is, the turned transform is the data gradient's (a convolution from C_out
+// to C_in channels).
+at::Tensor transform_weight(const at::Tensor& weight_in, bool turned) {
+  const at::Tensor weight = weight_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_out = weight.size(0), c_in = weight.size(1);
-  const at::Tensor taps = weight.permute({2, 3, 1, 0}).reshape({9, c_in * c_out});
-  return at::mm(kron_g(weight.scalar_type()), taps).view({kPoints, c_in, c_out});
+  at::Tensor wt = at::empty({kPoints, c_out, c_in}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "winograd_transform_weight", [&] {
+    const scalar_t* g = weight.const_data_ptr<scalar_t>();
+    scalar_t* out = wt.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, c_out, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(kTile * 3 * c_in);
+      const scalar_t* taps[9];
+      for (int64_t o = begin; o < end; ++o) {
+        for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
+        transform_filters<scalar_t>(taps, c_in, turned, scratch.data(), out + o * c_in, c_out * c_in);
+      }
+    });
+  });
+  return wt;
 }
 
 // Image, first output row and first output column of a tile's 4x4 output block.
@@ -263,8 +330,8 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
   }
 }
 
-// grad_weight_t[point] = sum over tiles of (B^T d B)^T (A dY A^T): the weight gradient in the
-// transform domain, (36, C_in, C_out), accumulated chunk by chunk.
+// grad_weight_t[point] = sum over tiles of (A dY A^T)^T (B^T d B): the weight gradient in the
+// transform domain, (36, C_out, C_in), accumulated chunk by chunk.
 template <typename T>
 void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight_t) {
   const int64_t c_in = x.size(1), c_out = grad.size(1), out_h = grad.size(2), out_w = grad.size(3);
@@ -295,7 +362,7 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
         grad_transform<T>(rows, columns, c_out, scratch.data(), dm_data + t * c_out, count * c_out);
       }
     });
-    grad_weight_t.baddbmm_(u.transpose(1, 2), dm);
+    grad_weight_t.baddbmm_(dm.transpose(1, 2), u);
   }
 }
 
@@ -319,7 +386,7 @@ at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
   const at::Tensor bias_values = bias ? bias->to(x.scalar_type()).contiguous() : at::zeros({c_out}, x.options());
-  const at::Tensor weight_t = transform_weight(weight);
+  const at::Tensor weight_t = transform_weight(weight, false).transpose(1, 2);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
     winograd_typed<scalar_t>(x, 0, weight_t, bias_values, relu, out);
   });
@@ -332,7 +399,7 @@ at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad_in, const at::Tenso
   at::Tensor grad_x = at::empty({grad.size(0), c_in, grad.size(2) + 2, grad.size(3) + 2},
                                 grad.options().memory_format(at::MemoryFormat::ChannelsLast));
   // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
-  const at::Tensor weight_t = transform_weight(weight.flip({2, 3}).transpose(0, 1));
+  const at::Tensor weight_t = transform_weight(weight, true);
   const at::Tensor no_bias = at::zeros({c_in}, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "winograd_conv3x3_data_grad", [&] {
     winograd_typed<scalar_t>(grad, 2, weight_t, no_bias, false, grad_x);
@@ -344,13 +411,23 @@ at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad_in, const at::Ten
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_in = x.size(1), c_out = grad.size(1);
-  at::Tensor grad_weight_t = at::empty({kPoints, c_in, c_out}, x.options());
+  at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, x.options());
+  at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3_weight_grad", [&] {
     winograd_weight_grad_typed<scalar_t>(grad, x, grad_weight_t);
+    // Back from the transform domain, output channel by output channel.
+    const scalar_t* du = grad_weight_t.const_data_ptr<scalar_t>();
+    scalar_t* g = grad_weight.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, c_out, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(3 * kTile * c_in);
+      scalar_t* taps[9];
+      for (int64_t o = begin; o < end; ++o) {
+        for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
+        untransform_filters<scalar_t>(du + o * c_in, c_out * c_in, c_in, scratch.data(), taps);
+      }
+    });
   });
-  // Back from the transform domain: the 3x3 taps are kron(G, G)^T times the 36 points.
-  const at::Tensor taps = at::mm(kron_g(x.scalar_type()).t(), grad_weight_t.view({kPoints, c_in * c_out}));
-  return taps.view({3, 3, c_in, c_out}).permute({3, 2, 0, 1});
+  return grad_weight;
 }
 
 }  // namespace unet_fast

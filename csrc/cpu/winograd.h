@@ -25,8 +25,8 @@ at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight,
 // channels_last, (N, C_in, H + 2, W + 2) for a grad of (N, C_out, H, W).
 at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& weight);
 
-// The gradient of conv3x3(x, weight) with respect to the weight: (C_out, C_in, 3, 3), a
-// permuted view.
+// The gradient of conv3x3(x, weight) with respect to the weight: (C_out, C_in, 3, 3),
+// channels_last.
 at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x);
 
 }  // namespace unet_fast
