@@ -66,36 +66,35 @@ UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channe
   }
 }
 
+// out[c] = sum over the six rows of G[row][column] * rows[row][c], rows with a zero
+// coefficient skipped. Always inlined, so it is built for the target of its caller.
+template <typename T>
+__attribute__((always_inline)) inline void g_column_times_rows(int column, const T* const* rows, T* out,
+                                                               int64_t channels) {
+  std::fill_n(out, channels, T(0));
+  for (int row = 0; row < kTile; ++row) {
+    const T g = T(kG[row][column]);
+    if (g == T(0)) continue;
+    const T* r = rows[row];
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) out[c] += g * r[c];
+  }
+}
+
 // The adjoint: taps[k][c] = (G^T d G)[i][j] for the 36 points d[(a, b)] = du[(a, b) * point_stride
 // + c], k = 3 i + j.
 template <typename T>
 UNET_FAST_CPU_CLONES void untransform_filters(const T* du, int64_t point_stride, int64_t channels, T* scratch,
                                               T* const* taps) {
-  for (int i = 0; i < 3; ++i) {  // scratch[i][b] = (G^T d)[i][b]
-    for (int b = 0; b < kTile; ++b) {
-      T* out = scratch + (i * kTile + b) * channels;
-      std::fill_n(out, channels, T(0));
-      for (int a = 0; a < kTile; ++a) {
-        const T g = T(kG[a][i]);
-        if (g == T(0)) continue;
-        const T* d = du + (a * kTile + b) * point_stride;
-#pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) out[c] += g * d[c];
-      }
-    }
+  for (int b = 0; b < kTile; ++b) {  // scratch[i][b] = (G^T d)[i][b]
+    const T* column[kTile];
+    for (int a = 0; a < kTile; ++a) column[a] = du + (a * kTile + b) * point_stride;
+    for (int i = 0; i < 3; ++i) g_column_times_rows(i, column, scratch + (i * kTile + b) * channels, channels);
   }
   for (int i = 0; i < 3; ++i) {  // taps[i][j] = (G^T d G)[i][j]
-    for (int j = 0; j < 3; ++j) {
-      T* out = taps[3 * i + j];
-      std::fill_n(out, channels, T(0));
-      for (int b = 0; b < kTile; ++b) {
-        const T g = T(kG[b][j]);
-        if (g == T(0)) continue;
-        const T* s = scratch + (i * kTile + b) * channels;
-#pragma omp simd
-        for (int64_t c = 0; c < channels; ++c) out[c] += g * s[c];
-      }
-    }
+    const T* row[kTile];
+    for (int b = 0; b < kTile; ++b) row[b] = scratch + (i * kTile + b) * channels;
+    for (int j = 0; j < 3; ++j) g_column_times_rows(j, row, taps[3 * i + j], channels);
   }
 }
 
@@ -384,7 +383,6 @@ at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,
   const int64_t c_out = weight.size(0);
   at::Tensor out = at::empty({x.size(0), c_out, x.size(2) - 2, x.size(3) - 2},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (out.numel() == 0) return out;
   const at::Tensor bias_values = bias ? bias->to(x.scalar_type()).contiguous() : at::zeros({c_out}, x.options());
   const at::Tensor weight_t = transform_weight(weight, false).transpose(1, 2);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
