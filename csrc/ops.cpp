@@ -63,4 +63,11 @@ TORCH_LIBRARY(unet_fast, m) {
   // The input's gradient: each output's gradient goes to the first maximum of its window,
   // found again from x and the saved output; zero elsewhere.
   m.def("max_pool2x2_backward(Tensor grad_out, Tensor x, Tensor out) -> Tensor");
+  // The 2x2 stride-2 transposed convolution of the decoder, weight (C_in, C_out, 2, 2) as in
+  // nn.ConvTranspose2d. The output is channels_last.
+  m.def("up_conv2x2(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // Gradients of x, weight and bias (each only if asked in output_mask, else undefined).
+  m.def(
+      "up_conv2x2_backward(Tensor grad_out, Tensor x, Tensor weight, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
 }

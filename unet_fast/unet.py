@@ -17,24 +17,6 @@ import torch.nn.functional as F
 from unet_fast import ops
 from unet_fast.geometry import UNetGeometry
 
-# Reduced-precision dtypes that oneDNN only emulates on this CPU (no AVX-512): autocast's
-# transposed convolutions in them take ATen's slow path (about 0.5 s per up-convolution at 252
-# on an AVX2 CPU), so they run in fp32 there. The C++ convolutions do the same.
-_EMULATED_ON_CPU = {
-    torch.bfloat16: not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-    torch.float16: not torch.ops.mkldnn._is_mkldnn_fp16_supported(),
-}
-
-
-def _up_convolve(upconv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        if _EMULATED_ON_CPU.get(dtype, False):
-            with torch.autocast("cpu", enabled=False):
-                return upconv(x.float()).to(dtype)
-    return upconv(x)
-
-
 class Block(nn.Module):
     """Two valid 3x3 convolutions with a ReLU between them (and after both if ``final_relu``)."""
 
@@ -82,7 +64,7 @@ class Decoder(nn.Module):
 
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor], backend: str | None) -> torch.Tensor:
         for upconv, block, skip in zip(self.upconvs, self.dec_blocks, skips):
-            x = block.forward_joined(_up_convolve(upconv, x), skip, backend)
+            x = block.forward_joined(ops.up_conv2x2(x, upconv.weight, upconv.bias, backend=backend), skip, backend)
         return x
 
 

@@ -4,8 +4,6 @@
 // they do not depend on the thread count.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -14,6 +12,7 @@
 #include "../common/relu.h"
 #include "../conv3x3.h"
 #include "buffer_pool.h"
+#include "precision.h"
 #include "winograd.h"
 
 namespace unet_fast {
@@ -95,30 +94,6 @@ struct WinogradGrads {
     return winograd_conv3x3_weight_grad(grad, x);
   }
 };
-
-// Whether oneDNN runs convolutions of this reduced-precision dtype at speed on this CPU (torch's
-// own check: AVX-512 or newer). Without it they are emulated: on an AVX2 CPU a bf16 forward of
-// 64 -> 64 at 570 took 2.2 s against 0.24 s in fp32 (Winograd), its backward 13 s against 0.55 s.
-bool emulated_by_onednn(at::ScalarType dtype) {
-  const auto ask_torch = [](const char* op) {
-    return c10::Dispatcher::singleton().findSchemaOrThrow(op, "").typed<bool()>().call();
-  };
-  static const bool bf16 = ask_torch("mkldnn::_is_mkldnn_bf16_supported");
-  static const bool fp16 = ask_torch("mkldnn::_is_mkldnn_fp16_supported");
-  return (dtype == at::kBFloat16 && !bf16) || (dtype == at::kHalf && !fp16);
-}
-
-std::optional<at::Tensor> in_float(const std::optional<at::Tensor>& t) {
-  return t ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
-}
-
-at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dtype) {
-  return t.defined() ? t.to(dtype) : t;
-}
-
-// Autocast has already cast the op's inputs; it must not recast the GEMMs and convolutions the
-// kernels run inside.
-using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 
 at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, bool relu) {
