@@ -94,8 +94,9 @@ def test_only_class_weight_mean_equals_f_cross_entropy(backend, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_large_logits_are_stable(backend, device):
-    logits, target, weight, class_weight = make(device=device, scale=1e4)
+@pytest.mark.parametrize("classes", [2, 3])  # two classes take a one-exp path on the CPU
+def test_large_logits_are_stable(backend, classes, device):
+    logits, target, weight, class_weight = make(classes=classes, device=device, scale=1e4)
     got = run(backend, logits, target, weight, class_weight, "sum")
     want = run("torch", logits, target, weight, class_weight, "sum")
     assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all()
@@ -104,13 +105,27 @@ def test_large_logits_are_stable(backend, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_logits_give_nan_not_zero(backend, device):
-    logits, target, weight, _ = make(device=device, ignore=False)
-    logits[1, 2, 3, 4] = float("nan")
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("nan_class", [0, -1])
+def test_nan_logits_give_nan_not_zero(backend, classes, nan_class, device):
+    logits, target, weight, _ = make(classes=classes, device=device, ignore=False)
+    logits[1, nan_class, 3, 4] = float("nan")
     loss = unet_fast.weighted_softmax_cross_entropy(logits, target, weight, reduction="none", backend=backend)
     assert torch.isnan(loss[1, 3, 4])
     assert torch.isfinite(loss[0]).all()
     assert torch.isnan(unet_fast.weighted_softmax_cross_entropy(logits, target, weight, backend=backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_two_classes_with_tied_logits(backend, dtype, device):
+    logits, target, weight, class_weight = make(classes=2, dtype=dtype, device=device)
+    logits[:, 1] = logits[:, 0]  # softmax 1/2 each: loss v log 2
+    logits[0, :, :2] = torch.tensor([[1e4], [-1e4]], dtype=dtype)  # and far apart
+    got = run(backend, logits, target, weight, class_weight, "none")
+    want = run("torch", logits, target, weight, class_weight, "none")
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -130,8 +145,9 @@ def test_non_contiguous_and_channels_last_inputs(backend, device):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_gradcheck_float64(backend, reduction, device):
-    logits, target, weight, class_weight = make(n=1, classes=3, h=3, w=4, dtype=torch.float64, device=device)
+@pytest.mark.parametrize("classes", [2, 3])
+def test_gradcheck_float64(backend, reduction, classes, device):
+    logits, target, weight, class_weight = make(n=1, classes=classes, h=3, w=4, dtype=torch.float64, device=device)
     logits.requires_grad_()
     fast_mode = backend == "triton" and device.type == "cpu"
     assert torch.autograd.gradcheck(

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -95,13 +96,27 @@ UNET_FAST_CPU_CLONES acc_t block_loss(const BlockArgs& a, const scalar_t* __rest
       z_target[p] = label[p] == c ? x : z_target[p];
     }
   }
-  std::fill_n(sum, n, acc_t(0));
-  for (int32_t c = 0; c < classes; ++c) {
-    const scalar_t* __restrict zc = z + c * hw;
-    acc_t* __restrict e = shifted + c * kBlock;
+  if (classes == 2) {
+    // One exp per pixel: the larger logit's is 1 (both are 1 at a tie; NaN stays NaN).
+    const scalar_t* __restrict z1 = z + hw;
+    acc_t* __restrict e0 = shifted;
+    acc_t* __restrict e1 = shifted + kBlock;
     for (int64_t p = 0; p < n; ++p) {
-      e[p] = exp_nonpositive(acc_t(zc[p]) - max[p]);
-      sum[p] += e[p];
+      const acc_t x0 = acc_t(z[p]), x1 = acc_t(z1[p]);
+      const acc_t smaller = exp_nonpositive(-std::abs(x0 - x1));
+      e0[p] = x0 >= x1 ? acc_t(1) : smaller;
+      e1[p] = x1 > x0 ? acc_t(1) : smaller;
+      sum[p] = e0[p] + e1[p];
+    }
+  } else {
+    std::fill_n(sum, n, acc_t(0));
+    for (int32_t c = 0; c < classes; ++c) {
+      const scalar_t* __restrict zc = z + c * hw;
+      acc_t* __restrict e = shifted + c * kBlock;
+      for (int64_t p = 0; p < n; ++p) {
+        e[p] = exp_nonpositive(acc_t(zc[p]) - max[p]);
+        sum[p] += e[p];
+      }
     }
   }
   acc_t total = 0;
