@@ -1,7 +1,8 @@
 """The Winograd F(4x4, 3x3) convolutions that conv3x3_bias_relu's CPU backend takes for
-fp32/fp64 tensors with at least 16 channels in and out and at least 64 blocks of 4x4 over the
-batch, 36 with 512 channels (csrc/cpu/winograd.cpp) — the forward, the data gradient (a full convolution) and the
-weight gradient — against float64 direct convolution. Their error in float32 is that of the
+fp32/fp64 tensors with at least 64 channels in and out (16 for the weight gradient) and at
+least 64 blocks of 4x4 over the batch, 36 with 512 channels (csrc/cpu/winograd.cpp) — the
+forward, the data gradient (a full convolution) and the weight gradient — against float64
+direct convolution. Their error in float32 is that of the
 transforms (points 0, +-1, +-2 scale values by up to 8): a few 1e-6 of the result's norm,
 against oneDNN's direct 1e-7 to 1e-5."""
 
@@ -79,7 +80,7 @@ def test_backward_of_every_unet_layer_shape_in_float32(layer):
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("size", [(3, 3), (4, 5), (6, 6), (7, 9), (13, 30)], ids=str)
 def test_backward_odd_sizes(dtype, rtol, relu, size):
-    x, weight, _ = make(images_for_winograd(*size), 24, 16, *size, dtype=dtype)
+    x, weight, _ = make(images_for_winograd(*size), 72, 64, *size, dtype=dtype)
     for norm_error, _ in backward_errors(x, weight, relu):
         assert norm_error <= rtol
 
@@ -89,7 +90,7 @@ def test_backward_odd_sizes(dtype, rtol, relu, size):
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("size", [(3, 3), (4, 5), (6, 6), (7, 9), (13, 30)], ids=str)
 def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size):
-    x, weight, bias = make(images_for_winograd(*size), 16, 24, *size, dtype=dtype)
+    x, weight, bias = make(images_for_winograd(*size), 64, 72, *size, dtype=dtype)
     bias = bias if with_bias else None
     norm_error, _ = errors(conv3x3_bias_relu(x, weight, bias, relu, backend="cpu"), x, weight, bias, relu)
     assert norm_error <= rtol
@@ -121,7 +122,7 @@ def winograd_and_direct(x, weight, bias, monkeypatch):
 
 
 def test_is_taken_from_64_blocks_and_can_be_turned_off(monkeypatch):
-    x, weight, bias = make(4, 16, 16, 18, 18)  # 4 images of 16 blocks of 4x4
+    x, weight, bias = make(4, 64, 64, 18, 18)  # 4 images of 16 blocks of 4x4
     winograd, direct = winograd_and_direct(x, weight, bias, monkeypatch)
     for ours, vendor in zip(winograd[:3], direct[:3]):  # output, grad x, grad weight
         assert not torch.equal(ours, vendor)  # different arithmetic, different roundings
@@ -130,10 +131,22 @@ def test_is_taken_from_64_blocks_and_can_be_turned_off(monkeypatch):
     assert winograd[0].is_contiguous(memory_format=torch.channels_last)
     # 2 images: 32 blocks of the output, 50 of the input (the data gradient's output); 15
     # channels in; 15 channels out.
-    below = [make(2, 16, 16, 18, 18), make(4, 15, 16, 18, 18), make(4, 16, 15, 18, 18)]
+    below = [make(2, 64, 64, 18, 18), make(4, 15, 16, 18, 18), make(4, 16, 15, 18, 18)]
     for x, weight, bias in below:
         for ours, vendor in zip(*winograd_and_direct(x, weight, bias, monkeypatch)):
             assert torch.equal(ours, vendor)
+
+
+@pytest.mark.parametrize("channels", [(16, 16), (32, 64), (64, 63)], ids=str)
+def test_narrow_layers_take_it_for_the_weight_gradient_only(channels, monkeypatch):
+    # Below 64 channels the forward and data gradient lose to the direct kernels at large
+    # sizes (16 channels at 570: 0.5x); the weight gradient still wins (2x).
+    x, weight, bias = make(4, *channels, 18, 18)
+    (out, grad_x, grad_weight, grad_bias), direct = winograd_and_direct(x, weight, bias, monkeypatch)
+    assert torch.equal(out, direct[0]) and torch.equal(grad_x, direct[1]) and torch.equal(grad_bias, direct[3])
+    assert not torch.equal(grad_weight, direct[2])
+    norm_error, max_error = relative_errors(grad_weight, direct[2].double())
+    assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
 
 
 def test_wide_layers_take_it_from_36_blocks(monkeypatch):
@@ -153,7 +166,7 @@ def test_wide_layers_take_it_from_36_blocks(monkeypatch):
 def test_nan_input_gives_nan_in_its_output_block_through_the_relu():
     # The transforms mix a whole 6x6 input tile, so a NaN reaches its whole 4x4 output block
     # (direct convolution: the 3x3 neighbourhood), and never a block that does not see it.
-    x, weight, bias = make(16, 16, 16, 10, 10)
+    x, weight, bias = make(16, 64, 64, 10, 10)
     x[0, 3, 2, 2] = float("nan")
     out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
     assert out[0, :, 0:3, 0:3].isnan().all()  # every output whose window holds the NaN pixel
@@ -164,7 +177,7 @@ def test_nan_input_gives_nan_in_its_output_block_through_the_relu():
 def test_gradcheck_float64(size):
     # Forward and both gradients are Winograd's (exact in exact arithmetic), checked against
     # finite differences of the forward.
-    x, weight, bias = make(images_for_winograd(*size), 16, 16, *size, dtype=torch.float64)
+    x, weight, bias = make(images_for_winograd(*size), 64, 64, *size, dtype=torch.float64)
     bias = bias + torch.where(bias >= 0, 0.5, -0.5)
     args = [t.requires_grad_() for t in (x, weight, bias)]
     assert torch.autograd.gradcheck(lambda *a: conv3x3_bias_relu(*a, True, backend="cpu"), args, fast_mode=True)

@@ -24,10 +24,13 @@ constexpr int kTile = 6;             // input tile side
 constexpr int kOut = 4;              // output block side
 constexpr int kPoints = kTile * kTile;  // transform-domain points
 constexpr int64_t kBudgetBytes = 16 << 20;  // transform buffers per chunk of tiles (64 MB: no faster)
-// Below these the direct convolution wins or ties: too little work a call to pay for the
-// transforms (measured forward, data and weight gradients, square layers of 16 to 1024
-// channels at 16 to 289 blocks: docs/winograd.md). Wide layers pay from fewer blocks.
-constexpr int64_t kWinogradMinChannels = 16;
+// Below these the direct convolution wins or ties (measured forward, data and weight gradients,
+// square layers of 16 to 1024 channels at 16 to 20449 blocks: docs/winograd.md): too little
+// work a call to pay for the transforms, and, forward and data gradient below 64 channels,
+// too little arithmetic per byte the transforms move (16 channels at 570: 0.5x). Wide layers
+// pay from fewer blocks.
+constexpr int64_t kWeightGradMinChannels = 16;
+constexpr int64_t kMinChannels = 64;
 constexpr int64_t kWinogradMinTiles = 64;
 constexpr int64_t kWideChannels = 512;
 constexpr int64_t kWideMinTiles = 36;
@@ -367,13 +370,13 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
 
 }  // namespace
 
-bool winograd_pays(at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out, int64_t out_h,
-                   int64_t out_w) {
+bool winograd_pays(WinogradPass pass, at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out,
+                   int64_t out_h, int64_t out_w) {
   const char* setting = std::getenv("UNET_FAST_WINOGRAD");
   if (setting && std::strcmp(setting, "0") == 0) return false;
+  const int64_t min_channels = pass == WinogradPass::kWeightGrad ? kWeightGradMinChannels : kMinChannels;
   const bool wide = c_in >= kWideChannels && c_out >= kWideChannels;
-  return (dtype == at::kFloat || dtype == at::kDouble) && c_in >= kWinogradMinChannels &&
-         c_out >= kWinogradMinChannels &&
+  return (dtype == at::kFloat || dtype == at::kDouble) && c_in >= min_channels && c_out >= min_channels &&
          TileGrid(images, out_h, out_w).tiles() >= (wide ? kWideMinTiles : kWinogradMinTiles);
 }
 
