@@ -44,9 +44,9 @@ at::Tensor taps_of(const at::Tensor& weight) {
   return weight.permute({0, 2, 3, 1}).reshape({weight.size(0), 4 * weight.size(1)});
 }
 
-// Calls fn(products_row, out_row, c_out) for every 2-pixel run of output row 2i+dy fed by
-// input pixel (n, i, j): products hold ([dy, dx, C_out]) per input pixel, the output is
-// channels_last.
+// Calls fn(products offset, output offset) for every run of 2 * C_out values: the output
+// pixels (2i+dy, 2j) and (2i+dy, 2j+1) that input pixel (n, i, j) feeds. The products hold
+// [dy, dx, C_out] per input pixel; the output is channels_last.
 template <typename Fn>
 void for_each_output_run(int64_t images, int64_t h, int64_t w, int64_t c_out, Fn fn) {
   at::parallel_for(0, images * h, kRowsPerTask, [&](int64_t begin, int64_t end) {
