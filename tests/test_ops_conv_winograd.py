@@ -1,6 +1,7 @@
 """The Winograd F(4x4, 3x3) convolutions that conv3x3_bias_relu's CPU backend takes for
 fp32/fp64 tensors with at least 64 channels in and out (16 for the weight gradient) and at
-least 64 blocks of 4x4 over the batch, 36 with 512 channels (csrc/cpu/winograd.cpp) — the
+least 64 blocks of 4x4 over the batch (36 for the weight gradient, or with 512 channels;
+csrc/cpu/winograd.cpp) — the
 forward, the data gradient (a full convolution) and the weight gradient — against float64
 direct convolution. Their error in float32 is that of the
 transforms (points 0, +-1, +-2 scale values by up to 8): a few 1e-6 of the result's norm,
@@ -161,6 +162,21 @@ def test_wide_layers_take_it_from_36_blocks(monkeypatch):
     assert forward_taken(512, 512, 26)  # 6x6 blocks
     assert not forward_taken(512, 512, 22)  # 5x5 blocks
     assert not forward_taken(511, 512, 26)
+
+
+@pytest.mark.parametrize("channels", [(16, 16), (64, 64), (256, 512)], ids=str)
+def test_weight_gradient_takes_it_from_36_blocks(channels, monkeypatch):
+    # At 36 to 63 blocks only the weight gradient is worth its transforms (1.6-3.6x); the
+    # forward and the data gradient (49 blocks of its 26x26 output) stay direct.
+    x, weight, bias = make(1, *channels, 26, 26)  # 6x6 blocks of the 24x24 output
+    (out, grad_x, grad_weight, _), direct = winograd_and_direct(x, weight, bias, monkeypatch)
+    assert torch.equal(out, direct[0]) and torch.equal(grad_x, direct[1])
+    assert not torch.equal(grad_weight, direct[2])
+    norm_error, max_error = relative_errors(grad_weight, direct[2].double())
+    assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
+    x, weight, bias = make(1, *channels, 22, 22)  # 5x5 blocks
+    for ours, vendor in zip(*winograd_and_direct(x, weight, bias, monkeypatch)):
+        assert torch.equal(ours, vendor)
 
 
 def test_nan_input_gives_nan_in_its_output_block_through_the_relu():

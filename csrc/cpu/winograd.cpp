@@ -25,15 +25,15 @@ constexpr int kOut = 4;              // output block side
 constexpr int kPoints = kTile * kTile;  // transform-domain points
 constexpr int64_t kBudgetBytes = 16 << 20;  // transform buffers per chunk of tiles (64 MB: no faster)
 // Below these the direct convolution wins or ties (measured forward, data and weight gradients,
-// square layers of 16 to 1024 channels at 16 to 20449 blocks: docs/winograd.md): too little
-// work a call to pay for the transforms, and, forward and data gradient below 64 channels,
-// too little arithmetic per byte the transforms move (16 channels at 570: 0.5x). Wide layers
-// pay from fewer blocks.
+// layers of 16 to 1024 channels at 9 to 20449 blocks: docs/winograd.md): too little work a
+// call to pay for the transforms, and, forward and data gradient below 64 channels, too little
+// arithmetic per byte the transforms move (16 channels at 570: 0.5x). Wide layers, and every
+// weight gradient, pay from fewer blocks.
 constexpr int64_t kWeightGradMinChannels = 16;
 constexpr int64_t kMinChannels = 64;
-constexpr int64_t kWinogradMinTiles = 64;
+constexpr int64_t kMinTiles = 64;
+constexpr int64_t kFewTiles = 36;  // enough for layers this wide, and for weight gradients
 constexpr int64_t kWideChannels = 512;
-constexpr int64_t kWideMinTiles = 36;
 
 // G (6x3) of F(4, 3); the weight transform is G g G^T.
 constexpr double kG[kTile][3] = {{1.0 / 4, 0, 0},
@@ -374,10 +374,11 @@ bool winograd_pays(WinogradPass pass, at::ScalarType dtype, int64_t images, int6
                    int64_t out_h, int64_t out_w) {
   const char* setting = std::getenv("UNET_FAST_WINOGRAD");
   if (setting && std::strcmp(setting, "0") == 0) return false;
-  const int64_t min_channels = pass == WinogradPass::kWeightGrad ? kWeightGradMinChannels : kMinChannels;
+  const bool weight_grad = pass == WinogradPass::kWeightGrad;
   const bool wide = c_in >= kWideChannels && c_out >= kWideChannels;
+  const int64_t min_channels = weight_grad ? kWeightGradMinChannels : kMinChannels;
   return (dtype == at::kFloat || dtype == at::kDouble) && c_in >= min_channels && c_out >= min_channels &&
-         TileGrid(images, out_h, out_w).tiles() >= (wide ? kWideMinTiles : kWinogradMinTiles);
+         TileGrid(images, out_h, out_w).tiles() >= (weight_grad || wide ? kFewTiles : kMinTiles);
 }
 
 at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,

@@ -13,8 +13,9 @@ enum class WinogradPass { kForward, kDataGrad, kWeightGrad };
 
 // Whether one pass of a 3x3 convolution of `images` images from c_in to c_out channels with an
 // out_h x out_w output is better done by Winograd: fp32 or fp64, at least 64 channels in and
-// out (16 for the weight gradient), at least 64 output blocks of 4x4 over the batch (36 with
-// 512 or more channels in and out), and not turned off by UNET_FAST_WINOGRAD=0. For the data
+// out (16 for the weight gradient), at least 64 output blocks of 4x4 over the batch (36 for
+// the weight gradient, or with 512 or more channels in and out), and not turned off by
+// UNET_FAST_WINOGRAD=0. For the data
 // gradient, the convolution is the full one from c_out to c_in channels.
 bool winograd_pays(WinogradPass pass, at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out,
                    int64_t out_h, int64_t out_w);
