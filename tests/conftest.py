@@ -32,6 +32,14 @@ def backends_for(op: str) -> list[str]:
     return available_backends(op, DEVICE)
 
 
+def onednn_emulates(dtype: torch.dtype) -> bool:
+    """Whether oneDNN only emulates this reduced-precision dtype on this CPU (no AVX-512), so
+    the CPU backend computes in fp32 and rounds once."""
+    supported = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
+                 torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}[dtype]
+    return not supported()
+
+
 @pytest.fixture
 def device() -> torch.device:
     return DEVICE

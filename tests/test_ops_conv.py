@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from unet_fast.ops import conv3x3_bias_relu
 
-from conftest import backends_for
+from conftest import backends_for, onednn_emulates
 
 BACKENDS = backends_for("conv3x3_bias_relu")
 CUSTOM_OPS = {
@@ -186,8 +186,7 @@ def test_triton_dots_use_tf32_only_where_cudnn_may(allow_tf32, monkeypatch):
 def test_cpu_computes_in_fp32_where_onednn_emulates_the_dtype(dtype):
     # Without AVX-512 oneDNN emulates bf16/fp16 several times slower than fp32, so the CPU
     # backend computes in fp32 and rounds once; elsewhere it runs oneDNN in the dtype.
-    emulated = not {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
-                    torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}[dtype]()
+    emulated = onednn_emulates(dtype)
     g = torch.Generator().manual_seed(0)
     x, weight, bias = (torch.randn(shape, generator=g) for shape in [(2, 16, 12, 12), (24, 16, 3, 3), (24,)])
     grad = torch.randn(2, 24, 10, 10, generator=g)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from unet_fast.ops import up_conv2x2
 
-from conftest import backends_for
+from conftest import backends_for, onednn_emulates
 
 BACKENDS = backends_for("up_conv2x2")
 # (N, C_in, H, W, C_out)
@@ -103,8 +103,7 @@ def test_autocast_runs_in_bfloat16(backend, device):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_computes_in_fp32_where_onednn_emulates_the_dtype(dtype):
-    emulated = not {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
-                    torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}[dtype]()
+    emulated = onednn_emulates(dtype)
     x, weight, bias = make(2, 16, 6, 5, 8)
     grad = torch.randn(2, 8, 12, 10)
     results = {}
