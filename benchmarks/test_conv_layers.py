@@ -2,7 +2,7 @@
 - reference: the reference's form, NCHW (F.conv2d + F.relu; aten's convolution_backward),
 - direct: the CPU backend with UNET_FAST_WINOGRAD=0 (oneDNN's direct convolution channels_last;
   its weight gradient in NCHW on CPUs without AVX-512),
-- winograd: the CPU backend, Winograd F(4x4, 3x3) where its rule takes it,
+- winograd: the CPU backend, Winograd F(6x6, 3x3) or F(4x4, 3x3) where its rule takes it,
 - nnpack (forward only): torch._nnpack_spatial_convolution, NNPACK's Winograd F(6x6, 3x3) inside
   torch, plus the ReLU.
 The backward is the data and weight gradients and the bias sum from a given output gradient

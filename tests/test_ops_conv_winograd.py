@@ -1,11 +1,11 @@
-"""The Winograd F(4x4, 3x3) convolutions that conv3x3_bias_relu's CPU backend takes for
-fp32/fp64 tensors with at least 64 channels in and out (16 for the weight gradient) and at
-least 64 blocks of 4x4 over the batch (36 for the weight gradient, or with 512 channels;
-csrc/cpu/winograd.cpp) — the
-forward, the data gradient (a full convolution) and the weight gradient — against float64
-direct convolution. Their error in float32 is that of the
-transforms (points 0, +-1, +-2 scale values by up to 8): a few 1e-6 of the result's norm,
-against oneDNN's direct 1e-7 to 1e-5."""
+"""The Winograd convolutions F(m x m, 3x3), m = 2, 4, 6, that conv3x3_bias_relu's CPU backend
+takes for fp32/fp64 tensors where its rule says they pay (csrc/cpu/winograd.cpp: F(4x4) from
+64 channels in and out (16 for the weight gradient) and 64 blocks of 4x4 over the batch (36 for
+the weight gradient, or with 512 channels), F(6x6) from 100 blocks of 6x6) — the forward, the
+data gradient (a full convolution) and the weight gradient — against float64 direct
+convolution, each block size forced by UNET_FAST_WINOGRAD. Their error in float32 is that of the
+transforms (F(6x6)'s points +-1/2, +-2 scale values by up to 32): a few 1e-6 of the result's
+norm, against oneDNN's direct 1e-7 to 1e-5."""
 
 import pytest
 import torch
@@ -17,18 +17,18 @@ pytestmark = pytest.mark.skipif("cpu" not in available_backends("conv3x3_bias_re
                                 reason="the C++ extension is not built")
 
 # Every 3x3 layer shape of the paper's U-Net (C_in, C_out) at reduced spatial size; sides not
-# multiples of the 4-pixel output block, so edge tiles are partly outside.
+# multiples of the output block, so edge tiles are partly outside.
 UNET_LAYERS = [(64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512),
                (512, 1024), (1024, 1024), (1024, 512), (512, 256), (256, 128), (128, 64)]
 # Norm-wise relative error bound in float32 (the issue's 1e-5), and the max-abs one.
 NORM_RTOL, MAX_RTOL = 1e-5, 3e-5
-MIN_TILES = 64  # the rule in csrc/cpu/winograd.cpp
 
 
-def images_for_winograd(h, w):
-    """A batch size whose 4x4 output blocks reach MIN_TILES."""
-    per_image = -(-(h - 2) // 4) * -(-(w - 2) // 4)
-    return -(-MIN_TILES // per_image)
+@pytest.fixture(params=[2, 4, 6], ids=lambda block: f"F{block}")
+def block(request, monkeypatch):
+    """Every fp32/fp64 pass by Winograd F(block x block, 3x3), whatever the rule would take."""
+    monkeypatch.setenv("UNET_FAST_WINOGRAD", str(request.param))
+    return request.param
 
 
 def make(n, c_in, c_out, h, w, dtype=torch.float32, seed=0):
@@ -64,15 +64,15 @@ def backward_errors(x, weight, relu, seed=1):
 
 
 @pytest.mark.parametrize("layer", UNET_LAYERS, ids=lambda layer: "{}to{}".format(*layer))
-def test_every_unet_layer_shape_in_float32(layer):
-    x, weight, bias = make(images_for_winograd(15, 11), *layer, 15, 11)
+def test_every_unet_layer_shape_in_float32(layer, block):
+    x, weight, bias = make(2, *layer, 15, 11)
     norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL, (norm_error, max_error)
 
 
 @pytest.mark.parametrize("layer", UNET_LAYERS, ids=lambda layer: "{}to{}".format(*layer))
-def test_backward_of_every_unet_layer_shape_in_float32(layer):
-    x, weight, _ = make(images_for_winograd(15, 11), *layer, 15, 11)
+def test_backward_of_every_unet_layer_shape_in_float32(layer, block):
+    x, weight, _ = make(2, *layer, 15, 11)
     for norm_error, max_error in backward_errors(x, weight, relu=True):
         assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL, (norm_error, max_error)
 
@@ -80,8 +80,8 @@ def test_backward_of_every_unet_layer_shape_in_float32(layer):
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, NORM_RTOL), (torch.float64, 1e-13)])
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("size", [(3, 3), (4, 5), (6, 6), (7, 9), (13, 30)], ids=str)
-def test_backward_odd_sizes(dtype, rtol, relu, size):
-    x, weight, _ = make(images_for_winograd(*size), 72, 64, *size, dtype=dtype)
+def test_backward_odd_sizes(dtype, rtol, relu, size, block):
+    x, weight, _ = make(2, 72, 64, *size, dtype=dtype)
     for norm_error, _ in backward_errors(x, weight, relu):
         assert norm_error <= rtol
 
@@ -90,16 +90,16 @@ def test_backward_odd_sizes(dtype, rtol, relu, size):
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("size", [(3, 3), (4, 5), (6, 6), (7, 9), (13, 30)], ids=str)
-def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size):
-    x, weight, bias = make(images_for_winograd(*size), 64, 72, *size, dtype=dtype)
+def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size, block):
+    x, weight, bias = make(2, 64, 72, *size, dtype=dtype)
     bias = bias if with_bias else None
     norm_error, _ = errors(conv3x3_bias_relu(x, weight, bias, relu, backend="cpu"), x, weight, bias, relu)
     assert norm_error <= rtol
 
 
-def test_tiles_beyond_one_chunk_of_transform_buffers():
-    # 256 channels in and out take 227 tiles a chunk (16 MB); 64 images of 16 tiles make five
-    # (forward and weight gradient), of 25 tiles eight (data gradient).
+def test_tiles_beyond_one_chunk_of_transform_buffers(block):
+    # 256 channels in and out take 512, 227 or 128 tiles a chunk (16 MB) for blocks of 2, 4 or
+    # 6: 64 images of 16x16 outputs make 4 to 8 chunks (more for the data gradient's 18x18).
     x, weight, bias = make(64, 256, 256, 18, 18)
     norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
@@ -179,21 +179,47 @@ def test_weight_gradient_takes_it_from_36_blocks(channels, monkeypatch):
         assert torch.equal(ours, vendor)
 
 
-def test_nan_input_gives_nan_in_its_output_block_through_the_relu():
-    # The transforms mix a whole 6x6 input tile, so a NaN reaches its whole 4x4 output block
-    # (direct convolution: the 3x3 neighbourhood), and never a block that does not see it.
-    x, weight, bias = make(16, 64, 64, 10, 10)
+def test_nan_input_gives_nan_through_the_relu_and_stays_in_its_blocks(block):
+    # Every output whose 3x3 window holds the NaN pixel is NaN; the transforms mix whole input
+    # tiles, so a NaN may reach more of the blocks whose tiles hold it, but never another block.
+    x, weight, bias = make(1, 64, 64, 10, 10)
     x[0, 3, 2, 2] = float("nan")
     out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
-    assert out[0, :, 0:3, 0:3].isnan().all()  # every output whose window holds the NaN pixel
-    assert not out[0, :, 4:, :].isnan().any() and not out[0, :, :, 4:].isnan().any()
+    assert out[0, :, :3, :3].isnan().all()
+    reached = (2 // block + 1) * block  # blocks k whose tile rows k * block .. k * block + block + 1 hold row 2
+    assert not out[0, :, reached:, :].isnan().any() and not out[0, :, :, reached:].isnan().any()
 
 
 @pytest.mark.parametrize("size", [(7, 6), (10, 13)], ids=str)
-def test_gradcheck_float64(size):
+def test_gradcheck_float64(size, block):
     # Forward and both gradients are Winograd's (exact in exact arithmetic), checked against
     # finite differences of the forward.
-    x, weight, bias = make(images_for_winograd(*size), 64, 64, *size, dtype=torch.float64)
+    x, weight, bias = make(2, 64, 64, *size, dtype=torch.float64)
     bias = bias + torch.where(bias >= 0, 0.5, -0.5)
     args = [t.requires_grad_() for t in (x, weight, bias)]
     assert torch.autograd.gradcheck(lambda *a: conv3x3_bias_relu(*a, True, backend="cpu"), args, fast_mode=True)
+
+
+def test_six_by_six_blocks_from_100_of_them(monkeypatch):
+    # F(6x6, 3x3) does 0.79x the GEMM work of F(4x4, 3x3) but has a weight transform 1.78x as
+    # large: it wins from about 100 output blocks of 6x6 (10-25%), and loses below.
+    def passes(x, weight, bias, setting=None):
+        with monkeypatch.context() as patch:
+            if setting is not None:
+                patch.setenv("UNET_FAST_WINOGRAD", setting)
+            return forward_and_backward(x, weight, bias)[:3]  # output, grad x, grad weight
+
+    for side, expected in [(62, "6"), (54, "4")]:  # 10x10 and 9x9 blocks of 6x6 out (and in)
+        x, weight, bias = make(1, 64, 64, side, side)
+        rule, taken, other = passes(x, weight, bias), passes(x, weight, bias, expected), passes(
+            x, weight, bias, "4" if expected == "6" else "6")
+        assert all(torch.equal(a, b) for a, b in zip(rule, taken))
+        assert not any(torch.equal(a, b) for a, b in zip(rule, other))
+
+
+@pytest.mark.parametrize("setting", ["5", "on", "4x4"])
+def test_an_unknown_setting_is_refused(setting, monkeypatch):
+    monkeypatch.setenv("UNET_FAST_WINOGRAD", setting)
+    x, weight, bias = make(1, 64, 64, 20, 20)
+    with pytest.raises(RuntimeError, match="UNET_FAST_WINOGRAD must be 0, 1, 2, 4 or 6"):
+        conv3x3_bias_relu(x, weight, bias, True, backend="cpu")

@@ -81,18 +81,14 @@ at::MemoryFormat weight_grad_layout() {
 // convolution of the masked gradient, from C_out to C_in channels.
 struct WinogradGrads {
   at::Tensor data(const at::Tensor& grad, const at::Tensor& weight) const {
-    if (!winograd_pays(WinogradPass::kDataGrad, grad.scalar_type(), grad.size(0), weight.size(0), weight.size(1),
-                       grad.size(2) + 2, grad.size(3) + 2)) {
-      return {};
-    }
-    return winograd_conv3x3_data_grad(grad, weight);
+    const int block = winograd_block(WinogradPass::kDataGrad, grad.scalar_type(), grad.size(0), weight.size(0),
+                                     weight.size(1), grad.size(2) + 2, grad.size(3) + 2);
+    return block ? winograd_conv3x3_data_grad(grad, weight, block) : at::Tensor();
   }
   at::Tensor weight(const at::Tensor& grad, const at::Tensor& x) const {
-    if (!winograd_pays(WinogradPass::kWeightGrad, grad.scalar_type(), grad.size(0), x.size(1), grad.size(1),
-                       grad.size(2), grad.size(3))) {
-      return {};
-    }
-    return winograd_conv3x3_weight_grad(grad, x);
+    const int block = winograd_block(WinogradPass::kWeightGrad, grad.scalar_type(), grad.size(0), x.size(1),
+                                     grad.size(1), grad.size(2), grad.size(3));
+    return block ? winograd_conv3x3_weight_grad(grad, x, block) : at::Tensor();
   }
 };
 
@@ -104,9 +100,9 @@ at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
   if (emulated_by_onednn(x.scalar_type())) {  // computed in fp32, rounded once at the end
     return conv3x3_bias_relu_cpu(x.to(at::kFloat), weight.to(at::kFloat), in_float(bias), relu).to(x.scalar_type());
   }
-  if (winograd_pays(WinogradPass::kForward, x.scalar_type(), x.size(0), x.size(1), weight.size(0), x.size(2) - 2,
-                    x.size(3) - 2)) {
-    return winograd_conv3x3(x, weight, bias, relu);
+  if (const int block = winograd_block(WinogradPass::kForward, x.scalar_type(), x.size(0), x.size(1),
+                                       weight.size(0), x.size(2) - 2, x.size(3) - 2)) {
+    return winograd_conv3x3(x, weight, bias, relu, block);
   }
   return conv3x3_forward(x, weight, bias, relu);
 }

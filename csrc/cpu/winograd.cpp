@@ -1,11 +1,12 @@
-// Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, 2016) for the valid 3x3 convolution:
-// each 4x4 block of output pixels comes from a 6x6 input tile as
+// Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, 2016) for the valid 3x3 convolution,
+// m = 2, 4 or 6: each m x m block of output pixels comes from an (m + 2) x (m + 2) input tile as
 //   Y = A^T [ sum_ci (G g G^T) . (B^T d B) ] A,
-// so the 36 multiplications per channel pair and tile replace direct convolution's 144. The
-// input transform reads the channels_last input directly (tiles past the edge read zeros),
-// the 36 transform-domain products are one batched GEMM (ATen, so MKL/oneDNN), and the output
-// transform adds the bias, applies the ReLU and writes only the pixels inside the output.
-// Tiles are worked through in chunks whose buffers stay within kBudgetBytes.
+// so (m + 2)^2 multiplications per channel pair and block replace direct convolution's 9 m^2
+// (F(4x4, 3x3): 36 for 144). The input transform reads the channels_last input directly
+// (tiles past the edge read zeros), the transform-domain products are one batched GEMM (ATen,
+// so MKL/oneDNN), and the output transform adds the bias, applies the ReLU and writes only the
+// pixels inside the output. Tiles are worked through in chunks whose buffers stay within
+// kBudgetBytes.
 #include "winograd.h"
 
 #include <ATen/Parallel.h>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "target_clones.h"
@@ -20,9 +22,6 @@
 namespace unet_fast {
 namespace {
 
-constexpr int kTile = 6;             // input tile side
-constexpr int kOut = 4;              // output block side
-constexpr int kPoints = kTile * kTile;  // transform-domain points
 constexpr int64_t kBudgetBytes = 16 << 20;  // transform buffers per chunk of tiles (64 MB: no faster)
 // Below these the direct convolution wins or ties (measured forward, data and weight gradients,
 // layers of 16 to 1024 channels at 9 to 20449 blocks: docs/winograd.md): too little work a
@@ -34,78 +33,149 @@ constexpr int64_t kMinChannels = 64;
 constexpr int64_t kMinTiles = 64;
 constexpr int64_t kFewTiles = 36;  // enough for layers this wide, and for weight gradients
 constexpr int64_t kWideChannels = 512;
+// F(6x6, 3x3) takes 64 products per 36 outputs where F(4x4, 3x3) takes 36 per 16 (0.79x the
+// GEMM work, and 0.79x the transformed data), but its weight transform is 1.78x as large and
+// every block is larger, so it wins (by 10-25%) only on outputs of this many 6x6 blocks or more.
+constexpr int64_t kMinLargeTiles = 100;
 
-// G (6x3) of F(4, 3); the weight transform is G g G^T.
-constexpr double kG[kTile][3] = {{1.0 / 4, 0, 0},
-                                 {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                 {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                 {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                                 {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                                 {0, 0, 1}};
+// The matrices of F(m x m, 3x3): B^T (tile x tile), G (tile x 3) and A^T (m x tile), for the
+// interpolation points 0, +-1 (m = 2), then +-2 (m = 4), then +-1/2 (m = 6), and infinity.
+template <int M>
+struct Minimal;
+
+template <>
+struct Minimal<2> {
+  static constexpr int kOut = 2, kTile = 4;
+  static constexpr double BT[kTile][kTile] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr double G[kTile][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static constexpr double AT[kOut][kTile] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+
+template <>
+struct Minimal<4> {
+  static constexpr int kOut = 4, kTile = 6;
+  static constexpr double BT[kTile][kTile] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                              {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr double G[kTile][3] = {{1.0 / 4, 0, 0},
+                                         {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                         {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                         {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                         {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                         {0, 0, 1}};
+  static constexpr double AT[kOut][kTile] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+
+template <>
+struct Minimal<6> {
+  static constexpr int kOut = 6, kTile = 8;
+  static constexpr double BT[kTile][kTile] = {{1, 0, -5.25, 0, 5.25, 0, -1, 0},
+                                              {0, 1, 1, -4.25, -4.25, 1, 1, 0},
+                                              {0, -1, 1, 4.25, -4.25, -1, 1, 0},
+                                              {0, 0.5, 0.25, -2.5, -1.25, 2, 1, 0},
+                                              {0, -0.5, 0.25, 2.5, -1.25, -2, 1, 0},
+                                              {0, 2, 4, -2.5, -5, 0.5, 1, 0},
+                                              {0, -2, 4, 2.5, -5, -0.5, 1, 0},
+                                              {0, -1, 0, 5.25, 0, -5.25, 0, 1}};
+  static constexpr double G[kTile][3] = {{1, 0, 0},
+                                         {-2.0 / 9, -2.0 / 9, -2.0 / 9},
+                                         {-2.0 / 9, 2.0 / 9, -2.0 / 9},
+                                         {1.0 / 90, 1.0 / 45, 2.0 / 45},
+                                         {1.0 / 90, -1.0 / 45, 2.0 / 45},
+                                         {32.0 / 45, 16.0 / 45, 8.0 / 45},
+                                         {32.0 / 45, -16.0 / 45, 8.0 / 45},
+                                         {0, 0, 1}};
+  static constexpr double AT[kOut][kTile] = {{1, 1, 1, 1, 1, 1, 1, 0},
+                                             {0, 1, -1, 2, -2, 0.5, -0.5, 0},
+                                             {0, 1, 1, 4, 4, 0.25, 0.25, 0},
+                                             {0, 1, -1, 8, -8, 0.125, -0.125, 0},
+                                             {0, 1, 1, 16, 16, 0.0625, 0.0625, 0},
+                                             {0, 1, -1, 32, -32, 0.03125, -0.03125, 1}};
+};
+
+// out[i][c] = finish(i, c, sum_j coef(i, j) in[j][c]) for i < Rows, j < Cols, over the channels.
+// coef is known at compile time once inlined and unrolled, so zero terms vanish and the loop
+// is built for the target of the function that calls it.
+template <int Rows, int Cols, typename T, typename Coef, typename Finish>
+__attribute__((always_inline)) inline void combine(Coef coef, const T* const* in, T* const* out, int64_t channels,
+                                                   Finish finish) {
+  const T* v[Cols];
+  T* o[Rows];
+  for (int j = 0; j < Cols; ++j) v[j] = in[j];
+  for (int i = 0; i < Rows; ++i) o[i] = out[i];
+#pragma omp simd
+  for (int64_t c = 0; c < channels; ++c) {
+    T x[Cols];
+#pragma GCC unroll 8
+    for (int j = 0; j < Cols; ++j) x[j] = v[j][c];
+#pragma GCC unroll 8
+    for (int i = 0; i < Rows; ++i) {
+      T sum = T(0);
+      bool first = true;  // starts from the first term, not from 0 (0 + -0 is +0)
+#pragma GCC unroll 8
+      for (int j = 0; j < Cols; ++j) {
+        const double k = coef(i, j);
+        if (k == 0) continue;
+        const T term = k == 1 ? x[j] : k == -1 ? -x[j] : T(k) * x[j];
+        sum = first ? term : sum + term;
+        first = false;
+      }
+      o[i][c] = finish(i, c, sum);
+    }
+  }
+}
+
+template <int Rows, int Cols, typename T, typename Coef>
+__attribute__((always_inline)) inline void combine(Coef coef, const T* const* in, T* const* out, int64_t channels) {
+  combine<Rows, Cols>(coef, in, out, channels, [](int, int64_t, T value) { return value; });
+}
 
 // wt[(a, b) * point_stride + o * C + c] = (G g G^T)[a][b] for the 3x3 filter g of output
 // channel o and input channel c, turned by 180 degrees if `turned`; taps[k] points at the C
 // input channels of tap k = 3 i + j of output channel o (channels_last weights).
-template <typename T>
-UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channels, bool turned, T* scratch,
-                                            T* wt, int64_t point_stride) {
-  for (int a = 0; a < kTile; ++a) {  // scratch[a][j] = (G g)[a][j]
-    for (int j = 0; j < 3; ++j) {
-      const T g0 = T(kG[a][0]), g1 = T(kG[a][1]), g2 = T(kG[a][2]);
-      const T *t0 = taps[turned ? 8 - j : j], *t1 = taps[turned ? 5 - j : 3 + j], *t2 = taps[turned ? 2 - j : 6 + j];
-      T* out = scratch + (a * 3 + j) * channels;
-#pragma omp simd
-      for (int64_t c = 0; c < channels; ++c) out[c] = g0 * t0[c] + g1 * t1[c] + g2 * t2[c];
-    }
+template <class W, typename T>
+UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channels, bool turned, T* scratch, T* wt,
+                                            int64_t point_stride) {
+  const auto g = [](int a, int i) { return W::G[a][i]; };
+  for (int j = 0; j < 3; ++j) {  // scratch[a][j] = (G g)[a][j]
+    const T* column[3] = {taps[turned ? 8 - j : j], taps[turned ? 5 - j : 3 + j], taps[turned ? 2 - j : 6 + j]};
+    T* out[W::kTile];
+    for (int a = 0; a < W::kTile; ++a) out[a] = scratch + (a * 3 + j) * channels;
+    combine<W::kTile, 3>(g, column, out, channels);
   }
-  for (int a = 0; a < kTile; ++a) {  // wt[a][b] = (G g G^T)[a][b]
-    const T *s0 = scratch + a * 3 * channels, *s1 = s0 + channels, *s2 = s1 + channels;
-    for (int b = 0; b < kTile; ++b) {
-      const T g0 = T(kG[b][0]), g1 = T(kG[b][1]), g2 = T(kG[b][2]);
-      T* out = wt + (a * kTile + b) * point_stride;
-#pragma omp simd
-      for (int64_t c = 0; c < channels; ++c) out[c] = g0 * s0[c] + g1 * s1[c] + g2 * s2[c];
-    }
+  for (int a = 0; a < W::kTile; ++a) {  // wt[a][b] = (G g G^T)[a][b]
+    const T* row[3] = {scratch + a * 3 * channels, scratch + (a * 3 + 1) * channels, scratch + (a * 3 + 2) * channels};
+    T* out[W::kTile];
+    for (int b = 0; b < W::kTile; ++b) out[b] = wt + (a * W::kTile + b) * point_stride;
+    combine<W::kTile, 3>(g, row, out, channels);
   }
 }
 
-// out[c] = sum over the six rows of G[row][column] * rows[row][c], rows with a zero
-// coefficient skipped. Always inlined, so it is built for the target of its caller.
-template <typename T>
-__attribute__((always_inline)) inline void g_column_times_rows(int column, const T* const* rows, T* out,
-                                                               int64_t channels) {
-  std::fill_n(out, channels, T(0));
-  for (int row = 0; row < kTile; ++row) {
-    const T g = T(kG[row][column]);
-    if (g == T(0)) continue;
-    const T* r = rows[row];
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) out[c] += g * r[c];
-  }
-}
-
-// The adjoint: taps[k][c] = (G^T d G)[i][j] for the 36 points d[(a, b)] = du[(a, b) * point_stride
+// The adjoint: taps[k][c] = (G^T d G)[i][j] for the points d[(a, b)] = du[(a, b) * point_stride
 // + c], k = 3 i + j.
-template <typename T>
+template <class W, typename T>
 UNET_FAST_CPU_CLONES void untransform_filters(const T* du, int64_t point_stride, int64_t channels, T* scratch,
                                               T* const* taps) {
-  for (int b = 0; b < kTile; ++b) {  // scratch[i][b] = (G^T d)[i][b]
-    const T* column[kTile];
-    for (int a = 0; a < kTile; ++a) column[a] = du + (a * kTile + b) * point_stride;
-    for (int i = 0; i < 3; ++i) g_column_times_rows(i, column, scratch + (i * kTile + b) * channels, channels);
+  const auto g_transposed = [](int i, int a) { return W::G[a][i]; };
+  for (int b = 0; b < W::kTile; ++b) {  // scratch[i][b] = (G^T d)[i][b]
+    const T* column[W::kTile];
+    for (int a = 0; a < W::kTile; ++a) column[a] = du + (a * W::kTile + b) * point_stride;
+    T* out[3] = {scratch + b * channels, scratch + (W::kTile + b) * channels, scratch + (2 * W::kTile + b) * channels};
+    combine<3, W::kTile>(g_transposed, column, out, channels);
   }
   for (int i = 0; i < 3; ++i) {  // taps[i][j] = (G^T d G)[i][j]
-    const T* row[kTile];
-    for (int b = 0; b < kTile; ++b) row[b] = scratch + (i * kTile + b) * channels;
-    for (int j = 0; j < 3; ++j) g_column_times_rows(j, row, taps[3 * i + j], channels);
+    const T* row[W::kTile];
+    for (int b = 0; b < W::kTile; ++b) row[b] = scratch + (i * W::kTile + b) * channels;
+    combine<3, W::kTile>(g_transposed, row, taps + 3 * i, channels);
   }
 }
 
-// (36, C_out, C_in): point (a, b) holds G g G^T [a][b] for every channel pair (g turned by
-// 180 degrees if `turned`). The transposed view (36, C_in, C_out) is the forward's right GEMM
-// operand; as it is, the turned transform is the data gradient's (a convolution from C_out
-// to C_in channels).
+// The points G g G^T of every channel pair, (points, C_out, C_in), g turned by 180 degrees if
+// `turned`. The transposed view (points, C_in, C_out) is the forward's right GEMM operand; as
+// it is, the turned transform is the data gradient's (a convolution from C_out to C_in channels).
+template <class W>
 at::Tensor transform_weight(const at::Tensor& weight_in, bool turned) {
+  constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor weight = weight_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_out = weight.size(0), c_in = weight.size(1);
   at::Tensor wt = at::empty({kPoints, c_out, c_in}, weight.options());
@@ -113,170 +183,131 @@ at::Tensor transform_weight(const at::Tensor& weight_in, bool turned) {
     const scalar_t* g = weight.const_data_ptr<scalar_t>();
     scalar_t* out = wt.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, c_out, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(kTile * 3 * c_in);
+      std::vector<scalar_t> scratch(W::kTile * 3 * c_in);
       const scalar_t* taps[9];
       for (int64_t o = begin; o < end; ++o) {
         for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
-        transform_filters<scalar_t>(taps, c_in, turned, scratch.data(), out + o * c_in, c_out * c_in);
+        transform_filters<W, scalar_t>(taps, c_in, turned, scratch.data(), out + o * c_in, c_out * c_in);
       }
     });
   });
   return wt;
 }
 
-// Image, first output row and first output column of a tile's 4x4 output block.
+// U[point][t][c] = (B^T d B)[point] for the input tile whose pixels' channel vectors start at
+// rows[tile * a + b]; U's points lie point_stride apart. `scratch` holds points x C values.
+template <class W, typename T>
+UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels, T* scratch, T* u,
+                                          int64_t point_stride) {
+  constexpr int kTile = W::kTile;
+  const auto bt = [](int i, int j) { return W::BT[i][j]; };
+  for (int b = 0; b < kTile; ++b) {  // columns: scratch[a][b] = (B^T d)[a][b]
+    const T* column[kTile];
+    T* out[kTile];
+    for (int a = 0; a < kTile; ++a) {
+      column[a] = rows[a * kTile + b];
+      out[a] = scratch + (a * kTile + b) * channels;
+    }
+    combine<kTile, kTile>(bt, column, out, channels);
+  }
+  for (int a = 0; a < kTile; ++a) {  // rows: U[a][b] = (scratch B)[a][b]
+    const T* row[kTile];
+    T* out[kTile];
+    for (int b = 0; b < kTile; ++b) {
+      row[b] = scratch + (a * kTile + b) * channels;
+      out[b] = u + (a * kTile + b) * point_stride;
+    }
+    combine<kTile, kTile>(bt, row, out, channels);
+  }
+}
+
+// The m x m output block A^T M A + bias (then the ReLU) of one tile: M[point] at m + point *
+// point_stride; output row p goes to out_rows[p] (columns q at out_rows[p] + q * channels),
+// of which only the first `columns` are written. `scratch` holds tile x m x C values.
+template <class W, typename T>
+UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int64_t channels, const T* bias,
+                                           bool relu, T* scratch, T* const* out_rows, int columns) {
+  constexpr int kTile = W::kTile, kOut = W::kOut;
+  const auto at = [](int q, int b) { return W::AT[q][b]; };
+  for (int a = 0; a < kTile; ++a) {  // rows: s[a][q] = (M A)[a][q]
+    const T* row[kTile];
+    T* out[kOut];
+    for (int b = 0; b < kTile; ++b) row[b] = m + (a * kTile + b) * point_stride;
+    for (int q = 0; q < kOut; ++q) out[q] = scratch + (a * kOut + q) * channels;
+    combine<kOut, kTile>(at, row, out, channels);
+  }
+  const auto add_bias = [bias](int, int64_t c, T value) { return value + bias[c]; };
+  const auto add_bias_relu = [bias](int, int64_t c, T value) {
+    value += bias[c];
+    return value < T(0) ? T(0) : value;  // keeps NaN, as torch.relu does
+  };
+  for (int q = 0; q < columns; ++q) {  // columns: Y[p][q] = (A^T s)[p][q]
+    const T* column[kTile];
+    T* out[kOut];
+    for (int a = 0; a < kTile; ++a) column[a] = scratch + (a * kOut + q) * channels;
+    for (int p = 0; p < kOut; ++p) out[p] = out_rows[p] + q * channels;
+    if (relu) {
+      combine<kOut, kTile>(at, column, out, channels, add_bias_relu);
+    } else {
+      combine<kOut, kTile>(at, column, out, channels, add_bias);
+    }
+  }
+}
+
+// The transform A dY A^T of one m x m block of output gradient, the adjoint of the output
+// transform: dY's row p starts at rows[p] (columns q at rows[p] + q * channels), rows below the
+// output at a row of zeros, rows[m]; only the first `columns` columns are read. Points lie
+// point_stride apart in dm; `scratch` holds tile x m x C values.
+template <class W, typename T>
+UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, T* scratch, T* dm,
+                                         int64_t point_stride) {
+  constexpr int kTile = W::kTile, kOut = W::kOut;
+  const auto a_matrix = [](int a, int p) { return W::AT[p][a]; };
+  for (int q = 0; q < kOut; ++q) {  // columns: s[a][q] = (A dY)[a][q]
+    const T* column[kOut];
+    T* out[kTile];
+    for (int p = 0; p < kOut; ++p) column[p] = q < columns ? rows[p] + q * channels : rows[kOut];
+    for (int a = 0; a < kTile; ++a) out[a] = scratch + (a * kOut + q) * channels;
+    combine<kTile, kOut>(a_matrix, column, out, channels);
+  }
+  for (int a = 0; a < kTile; ++a) {  // rows: dM[a][b] = (s A^T)[a][b]
+    const T* row[kOut];
+    T* out[kTile];
+    for (int q = 0; q < kOut; ++q) row[q] = scratch + (a * kOut + q) * channels;
+    for (int b = 0; b < kTile; ++b) out[b] = dm + (a * kTile + b) * point_stride;
+    combine<kTile, kOut>(a_matrix, row, out, channels);
+  }
+}
+
+// Image, first output row and first output column of a tile's output block.
 struct TilePosition {
   int64_t image, y, x;
 };
 
-// out[i * stride + c] = (B^T v)[i] for the six channel vectors v[0..5] (B^T of F(4, 3)).
-// Always inlined, so it is built for the target of the function that calls it.
-template <typename T>
-__attribute__((always_inline)) inline void b_transpose(const T* const* v, T* out, int64_t stride, int64_t channels) {
-  const T *v0 = v[0], *v1 = v[1], *v2 = v[2], *v3 = v[3], *v4 = v[4], *v5 = v[5];
-#pragma omp simd
-  for (int64_t c = 0; c < channels; ++c) {
-    out[c] = T(4) * v0[c] - T(5) * v2[c] + v4[c];
-    out[stride + c] = -T(4) * (v1[c] + v2[c]) + v3[c] + v4[c];
-    out[2 * stride + c] = T(4) * (v1[c] - v2[c]) - v3[c] + v4[c];
-    out[3 * stride + c] = T(2) * (v3[c] - v1[c]) - v2[c] + v4[c];
-    out[4 * stride + c] = T(2) * (v1[c] - v3[c]) - v2[c] + v4[c];
-    out[5 * stride + c] = T(4) * v1[c] - T(5) * v3[c] + v5[c];
-  }
-}
-
-// U[point][t][c] = (B^T d B)[point] for the 6x6 input tile whose pixels' channel vectors
-// start at rows[6 a + b]; U's points lie point_stride apart. `scratch` holds 36 x C values.
-template <typename T>
-UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels, T* scratch, T* u,
-                                          int64_t point_stride) {
-  for (int b = 0; b < kTile; ++b) {  // columns: scratch[a][b] = (B^T d)[a][b]
-    const T* column[kTile] = {rows[b], rows[6 + b], rows[12 + b], rows[18 + b], rows[24 + b], rows[30 + b]};
-    b_transpose(column, scratch + b * channels, kTile * channels, channels);
-  }
-  for (int a = 0; a < kTile; ++a) {  // rows: U[a][j] = (scratch B)[a][j]
-    const T* row = scratch + a * kTile * channels;
-    const T* row_points[kTile] = {row, row + channels, row + 2 * channels, row + 3 * channels, row + 4 * channels,
-                                  row + 5 * channels};
-    b_transpose(row_points, u + a * kTile * point_stride, point_stride, channels);
-  }
-}
-
-// The 4x4 output block A^T M A + bias (then the ReLU) of one tile: M[point] at m + point *
-// point_stride; output row p goes to out_rows[p] (columns q at out_rows[p] + q * channels),
-// of which only the first `columns` are written. `scratch` holds 24 x C values.
-template <typename T>
-UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int64_t channels, const T* bias,
-                                           bool relu, T* scratch, T* const* out_rows, int columns) {
-  for (int a = 0; a < kTile; ++a) {  // rows: s[a][q] = (M A)[a][q]
-    const T* m0 = m + a * kTile * point_stride;
-    const int64_t p = point_stride;
-    T* s = scratch + a * kOut * channels;
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) {
-      const T m1 = m0[p + c], m2 = m0[2 * p + c], m3 = m0[3 * p + c], m4 = m0[4 * p + c];
-      s[c] = m0[c] + m1 + m2 + m3 + m4;
-      s[channels + c] = m1 - m2 + T(2) * (m3 - m4);
-      s[2 * channels + c] = m1 + m2 + T(4) * (m3 + m4);
-      s[3 * channels + c] = m1 - m2 + T(8) * (m3 - m4) + m0[5 * p + c];
-    }
-  }
-  const int64_t row = kOut * channels;
-  for (int q = 0; q < columns; ++q) {  // columns: Y[p][q] = (A^T s)[p][q]
-    const T* s0 = scratch + q * channels;
-    T *y0 = out_rows[0] + q * channels, *y1 = out_rows[1] + q * channels, *y2 = out_rows[2] + q * channels,
-      *y3 = out_rows[3] + q * channels;
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) {
-      const T t1 = s0[row + c], t2 = s0[2 * row + c], t3 = s0[3 * row + c], t4 = s0[4 * row + c];
-      T v0 = s0[c] + t1 + t2 + t3 + t4 + bias[c];
-      T v1 = t1 - t2 + T(2) * (t3 - t4) + bias[c];
-      T v2 = t1 + t2 + T(4) * (t3 + t4) + bias[c];
-      T v3 = t1 - t2 + T(8) * (t3 - t4) + s0[5 * row + c] + bias[c];
-      if (relu) {  // x < 0 ? 0 : x keeps NaN, as torch.relu does
-        v0 = v0 < T(0) ? T(0) : v0;
-        v1 = v1 < T(0) ? T(0) : v1;
-        v2 = v2 < T(0) ? T(0) : v2;
-        v3 = v3 < T(0) ? T(0) : v3;
-      }
-      y0[c] = v0;
-      y1[c] = v1;
-      y2[c] = v2;
-      y3[c] = v3;
-    }
-  }
-}
-
-// out = the convolution of x, zero-padded by `pad` on every side, with the transformed weights
-// (plus bias, then the ReLU if `relu`). Tiles read zeros wherever they leave x.
-// The 6x6 transform A dY A^T of one 4x4 block of output gradient, the adjoint of the output
-// transform: dY's row p starts at rows[p] (columns q at rows[p] + q * channels), rows below the
-// output at a row of zeros, rows[4]; only the first `columns` columns are read. Points lie
-// point_stride apart in dm; `scratch` holds 24 x C values.
-template <typename T>
-UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, T* scratch,
-                                         T* dm, int64_t point_stride) {
-  const T* zeros = rows[kOut];
-  for (int q = 0; q < kOut; ++q) {  // columns: s[a][q] = (A dY)[a][q]
-    const T* z0 = q < columns ? rows[0] + q * channels : zeros;
-    const T* z1 = q < columns ? rows[1] + q * channels : zeros;
-    const T* z2 = q < columns ? rows[2] + q * channels : zeros;
-    const T* z3 = q < columns ? rows[3] + q * channels : zeros;
-    T* s = scratch + q * channels;
-    const int64_t row = kOut * channels;
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) {
-      const T even = z0[c] + z2[c], odd = z1[c] + z3[c];
-      const T even4 = z0[c] + T(4) * z2[c], odd4 = T(2) * z1[c] + T(8) * z3[c];
-      s[c] = z0[c];
-      s[row + c] = even + odd;
-      s[2 * row + c] = even - odd;
-      s[3 * row + c] = even4 + odd4;
-      s[4 * row + c] = even4 - odd4;
-      s[5 * row + c] = z3[c];
-    }
-  }
-  for (int a = 0; a < kTile; ++a) {  // rows: dM[a][b] = (s A^T)[a][b]
-    const T* s = scratch + a * kOut * channels;
-    T* out = dm + a * kTile * point_stride;
-    const int64_t p = point_stride;
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) {
-      const T z0 = s[c], z1 = s[channels + c], z2 = s[2 * channels + c], z3 = s[3 * channels + c];
-      const T even = z0 + z2, odd = z1 + z3, even4 = z0 + T(4) * z2, odd4 = T(2) * z1 + T(8) * z3;
-      out[c] = z0;
-      out[p + c] = even + odd;
-      out[2 * p + c] = even - odd;
-      out[3 * p + c] = even4 + odd4;
-      out[4 * p + c] = even4 - odd4;
-      out[5 * p + c] = z3;
-    }
-  }
-}
-
-// The 4x4 output blocks of a convolution with an out_h x out_w output, over the batch.
+// The m x m output blocks of a convolution with an out_h x out_w output, over the batch.
 struct TileGrid {
-  int64_t images, out_h, out_w, tiles_y, tiles_x;
-  TileGrid(int64_t images, int64_t out_h, int64_t out_w)
-      : images(images), out_h(out_h), out_w(out_w), tiles_y((out_h + kOut - 1) / kOut),
-        tiles_x((out_w + kOut - 1) / kOut) {}
+  int64_t block, images, out_h, out_w, tiles_y, tiles_x;
+  TileGrid(int64_t block, int64_t images, int64_t out_h, int64_t out_w)
+      : block(block), images(images), out_h(out_h), out_w(out_w), tiles_y((out_h + block - 1) / block),
+        tiles_x((out_w + block - 1) / block) {}
   int64_t tiles() const { return images * tiles_y * tiles_x; }
   // Image, first output row and column of tile number `tile`.
   TilePosition position(int64_t tile) const {
     const int64_t per_image = tiles_y * tiles_x, within = tile % per_image;
-    return {tile / per_image, within / tiles_x * kOut, within % tiles_x * kOut};
+    return {tile / per_image, within / tiles_x * block, within % tiles_x * block};
   }
   // Tiles per chunk such that the chunk's transform buffers of c_in + c_out channels stay in budget.
-  int64_t chunk(int64_t channels, int64_t element_size) const {
-    return std::clamp<int64_t>(kBudgetBytes / (kPoints * channels * element_size), 1, tiles());
+  int64_t chunk(int64_t points, int64_t channels, int64_t element_size) const {
+    return std::clamp<int64_t>(kBudgetBytes / (points * channels * element_size), 1, tiles());
   }
 };
 
 // u[point][t][c] = (B^T d B) for tiles first .. first + count of the channels_last input x,
-// zero-padded by `pad`; d is the tile's 6x6 window of x, starting `pad` before its output block.
-template <typename T>
+// zero-padded by `pad`; d is the tile's window of x, starting `pad` before its output block.
+template <class W, typename T>
 void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& grid, int64_t first, int64_t count,
                            T* u) {
+  constexpr int kTile = W::kTile, kPoints = kTile * kTile;
   const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
   const T* input = x.const_data_ptr<T>();
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
@@ -291,19 +322,20 @@ void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& gri
           rows[a * kTile + b] = inside ? input + ((pos.image * height + y) * width + x) * channels : zeros.data();
         }
       }
-      input_transform<T>(rows, channels, scratch.data(), u + t * channels, count * channels);
+      input_transform<W, T>(rows, channels, scratch.data(), u + t * channels, count * channels);
     }
   });
 }
 
 // out = the convolution of x, zero-padded by `pad` on every side, with the transformed weights
 // (plus bias, then the ReLU if `relu`).
-template <typename T>
+template <class W, typename T>
 void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
                     bool relu, at::Tensor& out) {
+  constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = x.size(1), c_out = out.size(1), out_h = out.size(2), out_w = out.size(3);
-  const TileGrid grid(x.size(0), out_h, out_w);
-  const int64_t chunk = grid.chunk(c_in + c_out, sizeof(T));
+  const TileGrid grid(kOut, x.size(0), out_h, out_w);
+  const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(T));
   at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
   at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, x.options());
   const T* bias = bias_values.const_data_ptr<T>();
@@ -313,7 +345,7 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
     const int64_t count = std::min(chunk, grid.tiles() - first);
     at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
     at::Tensor m = m_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
-    transform_input_tiles<T>(x, pad, grid, first, count, u.mutable_data_ptr<T>());
+    transform_input_tiles<W, T>(x, pad, grid, first, count, u.mutable_data_ptr<T>());
     at::bmm_out(m, u, weight_t);
     const T* m_data = m.const_data_ptr<T>();
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
@@ -326,19 +358,21 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
           out_rows[p] = y < out_h ? output + ((pos.image * out_h + y) * out_w + pos.x) * c_out : spare.data();
         }
         const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
-        output_transform<T>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch.data(), out_rows, columns);
+        output_transform<W, T>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch.data(), out_rows,
+                               columns);
       }
     });
   }
 }
 
 // grad_weight_t[point] = sum over tiles of (A dY A^T)^T (B^T d B): the weight gradient in the
-// transform domain, (36, C_out, C_in), accumulated chunk by chunk.
-template <typename T>
+// transform domain, (points, C_out, C_in), accumulated chunk by chunk.
+template <class W, typename T>
 void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight_t) {
+  constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = x.size(1), c_out = grad.size(1), out_h = grad.size(2), out_w = grad.size(3);
-  const TileGrid grid(x.size(0), out_h, out_w);
-  const int64_t chunk = grid.chunk(c_in + c_out, sizeof(T));
+  const TileGrid grid(kOut, x.size(0), out_h, out_w);
+  const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(T));
   at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
   at::Tensor dm_buffer = at::empty({kPoints * chunk * c_out}, x.options());
   const T* gradient = grad.const_data_ptr<T>();
@@ -348,7 +382,7 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
     const int64_t count = std::min(chunk, grid.tiles() - first);
     at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
     at::Tensor dm = dm_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
-    transform_input_tiles<T>(x, 0, grid, first, count, u.mutable_data_ptr<T>());
+    transform_input_tiles<W, T>(x, 0, grid, first, count, u.mutable_data_ptr<T>());
     T* dm_data = dm.mutable_data_ptr<T>();
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> scratch(kTile * kOut * c_out), zeros(kOut * c_out, T(0));  // a row of zeros
@@ -361,75 +395,113 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
           rows[p] = y < out_h ? gradient + ((pos.image * out_h + y) * out_w + pos.x) * c_out : zeros.data();
         }
         const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
-        grad_transform<T>(rows, columns, c_out, scratch.data(), dm_data + t * c_out, count * c_out);
+        grad_transform<W, T>(rows, columns, c_out, scratch.data(), dm_data + t * c_out, count * c_out);
       }
     });
     grad_weight_t.baddbmm_(dm.transpose(1, 2), u);
   }
 }
 
-}  // namespace
-
-bool winograd_pays(WinogradPass pass, at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out,
-                   int64_t out_h, int64_t out_w) {
-  const char* setting = std::getenv("UNET_FAST_WINOGRAD");
-  if (setting && std::strcmp(setting, "0") == 0) return false;
-  const bool weight_grad = pass == WinogradPass::kWeightGrad;
-  const bool wide = c_in >= kWideChannels && c_out >= kWideChannels;
-  const int64_t min_channels = weight_grad ? kWeightGradMinChannels : kMinChannels;
-  return (dtype == at::kFloat || dtype == at::kDouble) && c_in >= min_channels && c_out >= min_channels &&
-         TileGrid(images, out_h, out_w).tiles() >= (weight_grad || wide ? kFewTiles : kMinTiles);
-}
-
-at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, bool relu) {
+template <class W>
+at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu) {
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_out = weight.size(0);
   at::Tensor out = at::empty({x.size(0), c_out, x.size(2) - 2, x.size(3) - 2},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const at::Tensor bias_values = bias ? bias->to(x.scalar_type()).contiguous() : at::zeros({c_out}, x.options());
-  const at::Tensor weight_t = transform_weight(weight, false).transpose(1, 2);
+  const at::Tensor weight_t = transform_weight<W>(weight, false).transpose(1, 2);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
-    winograd_typed<scalar_t>(x, 0, weight_t, bias_values, relu, out);
+    winograd_typed<W, scalar_t>(x, 0, weight_t, bias_values, relu, out);
   });
   return out;
 }
 
-at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad_in, const at::Tensor& weight) {
+template <class W>
+at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight) {
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_in = weight.size(1);
   at::Tensor grad_x = at::empty({grad.size(0), c_in, grad.size(2) + 2, grad.size(3) + 2},
                                 grad.options().memory_format(at::MemoryFormat::ChannelsLast));
   // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
-  const at::Tensor weight_t = transform_weight(weight, true);
+  const at::Tensor weight_t = transform_weight<W>(weight, true);
   const at::Tensor no_bias = at::zeros({c_in}, grad.options());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "winograd_conv3x3_data_grad", [&] {
-    winograd_typed<scalar_t>(grad, 2, weight_t, no_bias, false, grad_x);
+    winograd_typed<W, scalar_t>(grad, 2, weight_t, no_bias, false, grad_x);
   });
   return grad_x;
 }
 
-at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in) {
+template <class W>
+at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in) {
+  constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_in = x.size(1), c_out = grad.size(1);
   at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, x.options());
   at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3_weight_grad", [&] {
-    winograd_weight_grad_typed<scalar_t>(grad, x, grad_weight_t);
+    winograd_weight_grad_typed<W, scalar_t>(grad, x, grad_weight_t);
     // Back from the transform domain, output channel by output channel.
     const scalar_t* du = grad_weight_t.const_data_ptr<scalar_t>();
     scalar_t* g = grad_weight.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, c_out, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(3 * kTile * c_in);
+      std::vector<scalar_t> scratch(3 * W::kTile * c_in);
       scalar_t* taps[9];
       for (int64_t o = begin; o < end; ++o) {
         for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
-        untransform_filters<scalar_t>(du + o * c_in, c_out * c_in, c_in, scratch.data(), taps);
+        untransform_filters<W, scalar_t>(du + o * c_in, c_out * c_in, c_in, scratch.data(), taps);
       }
     });
   });
   return grad_weight;
+}
+
+// fn(Minimal<block>{}) for block 2, 4 or 6.
+template <typename Fn>
+at::Tensor with_block(int block, Fn&& fn) {
+  switch (block) {
+    case 2:
+      return fn(Minimal<2>{});
+    case 4:
+      return fn(Minimal<4>{});
+    case 6:
+      return fn(Minimal<6>{});
+  }
+  TORCH_CHECK(false, "Winograd block must be 2, 4 or 6, got ", block);
+}
+
+}  // namespace
+
+int winograd_block(WinogradPass pass, at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out,
+                   int64_t out_h, int64_t out_w) {
+  if (dtype != at::kFloat && dtype != at::kDouble) return 0;
+  if (const char* setting = std::getenv("UNET_FAST_WINOGRAD"); setting && *setting) {
+    const std::string value(setting);
+    TORCH_CHECK(value == "0" || value == "1" || value == "2" || value == "4" || value == "6",
+                "UNET_FAST_WINOGRAD must be 0, 1, 2, 4 or 6 (off, the measured rule, or that output block for "
+                "every fp32/fp64 pass), got '", value, "'");
+    if (value != "1") return std::stoi(value);
+  }
+  const bool weight_grad = pass == WinogradPass::kWeightGrad;
+  const bool wide = c_in >= kWideChannels && c_out >= kWideChannels;
+  const int64_t min_channels = weight_grad ? kWeightGradMinChannels : kMinChannels;
+  const bool pays = c_in >= min_channels && c_out >= min_channels &&
+                    TileGrid(4, images, out_h, out_w).tiles() >= (weight_grad || wide ? kFewTiles : kMinTiles);
+  if (!pays) return 0;
+  return TileGrid(6, images, out_h, out_w).tiles() >= kMinLargeTiles ? 6 : 4;
+}
+
+at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            bool relu, int block) {
+  return with_block(block, [&](auto w) { return forward<decltype(w)>(x, weight, bias, relu); });
+}
+
+at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& weight, int block) {
+  return with_block(block, [&](auto w) { return data_grad<decltype(w)>(grad, weight); });
+}
+
+at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block) {
+  return with_block(block, [&](auto w) { return weight_grad<decltype(w)>(grad, x); });
 }
 
 }  // namespace unet_fast
