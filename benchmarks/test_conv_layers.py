@@ -3,6 +3,8 @@
 - direct: the CPU backend with UNET_FAST_WINOGRAD=0 (oneDNN's direct convolution channels_last;
   its weight gradient in NCHW on CPUs without AVX-512),
 - winograd: the CPU backend, Winograd F(6x6, 3x3) or F(4x4, 3x3) where its rule takes it,
+- winograd-f2x2, -f4x4, -f6x6: the CPU backend with that Winograd block forced on every fp32
+  pass (UNET_FAST_WINOGRAD=2/4/6), to find where the rule's crossovers lie on another CPU,
 - nnpack (forward only): torch._nnpack_spatial_convolution, NNPACK's Winograd F(6x6, 3x3) inside
   torch, plus the ReLU.
 The backward is the data and weight gradients and the bias sum from a given output gradient
@@ -27,7 +29,9 @@ QUICK = {"layer": [(256, 512, 68)]}
 CPU_EXTENSION = DEVICE.type == "cpu" and "cpu" in available_backends("conv3x3_bias_relu", DEVICE)
 NNPACK = DEVICE.type == "cpu" and torch.backends.nnpack.is_available()
 CASES = [("forward", "reference"), ("backward", "reference")]
-CASES += [(direction, name) for direction in ("forward", "backward") for name in ("direct", "winograd") if CPU_EXTENSION]
+# The CPU backend's implementations, by their UNET_FAST_WINOGRAD setting.
+CPU_SETTINGS = {"direct": "0", "winograd": "1", "winograd-f2x2": "2", "winograd-f4x4": "4", "winograd-f6x6": "6"}
+CASES += [(direction, name) for direction in ("forward", "backward") for name in CPU_SETTINGS if CPU_EXTENSION]
 CASES += [("forward", "nnpack")] if NNPACK else []
 
 
@@ -64,7 +68,7 @@ def test_conv3x3_layer(benchmark, layer, direction, implementation, monkeypatch)
     elif implementation == "nnpack":
         step = nnpack_forward(x, weight, bias)
     else:
-        monkeypatch.setenv("UNET_FAST_WINOGRAD", "1" if implementation == "winograd" else "0")
+        monkeypatch.setenv("UNET_FAST_WINOGRAD", CPU_SETTINGS[implementation])
         step = cpu_backend_step(direction, x, weight, bias, grad)
     benchmark.group = "conv3x3+bias+ReLU {}, {}->{} at {}x{}".format(direction, c_in, c_out, side, side)
     with torch.no_grad():
