@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/target_clones.h"
 
 namespace {
 
@@ -19,9 +20,13 @@ PyObject* buffer_pool_empty_cache(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// Whether the CPU kernels take their AVX-512 loops and measured choices (docs/winograd.md).
+PyObject* cpu_has_avx512(PyObject*, PyObject*) { return PyBool_FromLong(unet_fast::cpu_has_avx512()); }
+
 PyMethodDef methods[] = {
     {"buffer_pool_stats", buffer_pool_stats, METH_NOARGS, "(in use, cached) bytes of the CPU buffer pool"},
     {"buffer_pool_empty_cache", buffer_pool_empty_cache, METH_NOARGS, "frees the pool's cached CPU buffers"},
+    {"cpu_has_avx512", cpu_has_avx512, METH_NOARGS, "whether the CPU kernels run for AVX-512"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

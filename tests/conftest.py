@@ -40,6 +40,18 @@ def onednn_emulates(dtype: torch.dtype) -> bool:
     return not supported()
 
 
+def cpu_has_avx512() -> bool:
+    """Whether the CPU kernels run their AVX-512 loops and measured choices (False without the
+    extension)."""
+    from unet_fast.ops import backends
+
+    if not backends.extension_loaded():
+        return False
+    from unet_fast import _C
+
+    return _C.cpu_has_avx512()
+
+
 @pytest.fixture
 def device() -> torch.device:
     return DEVICE

@@ -1,9 +1,10 @@
 """The Winograd convolutions F(m x m, 3x3), m = 2, 4, 6, that conv3x3_bias_relu's CPU backend
 takes for fp32/fp64 tensors where its rule says they pay (csrc/cpu/winograd.cpp: F(4x4) from
-64 channels in and out (16 for the weight gradient) and 64 blocks of 4x4 over the batch (36 for
-the weight gradient, or with 512 channels), F(6x6) from 100 blocks of 6x6) — the forward, the
-data gradient (a full convolution) and the weight gradient — against float64 direct
-convolution, each block size forced by UNET_FAST_WINOGRAD. Their error in float32 is that of the
+64 channels in and out (32 with AVX-512; 16 for the weight gradient) and 64 blocks of 4x4 over
+the batch (36 for the weight gradient, or with 512 channels), F(6x6) from 100 blocks of 6x6
+whose transformed tiles outweigh the transformed weights (and, with AVX-512, from 128
+channels)) — the forward, the data gradient (a full convolution) and the weight gradient —
+against float64 direct convolution, each block size forced by UNET_FAST_WINOGRAD. Their error in float32 is that of the
 transforms (F(6x6)'s points +-1/2, +-2 scale values by up to 32): a few 1e-6 of the result's
 norm, against oneDNN's direct 1e-7 to 1e-5."""
 
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from unet_fast.ops import available_backends, conv3x3_bias_relu
+
+from conftest import cpu_has_avx512, onednn_emulates
 
 pytestmark = pytest.mark.skipif("cpu" not in available_backends("conv3x3_bias_relu", torch.device("cpu")),
                                 reason="the C++ extension is not built")
@@ -138,10 +141,14 @@ def test_is_taken_from_64_blocks_and_can_be_turned_off(monkeypatch):
             assert torch.equal(ours, vendor)
 
 
-@pytest.mark.parametrize("channels", [(16, 16), (32, 64), (64, 63)], ids=str)
+# The narrowest layers whose forward and data gradient take Winograd on this CPU.
+NARROWEST = 32 if cpu_has_avx512() else 64
+
+
+@pytest.mark.parametrize("channels", [(16, 16), (NARROWEST // 2, NARROWEST), (NARROWEST, NARROWEST - 1)], ids=str)
 def test_narrow_layers_take_it_for_the_weight_gradient_only(channels, monkeypatch):
-    # Below 64 channels the forward and data gradient lose to the direct kernels at large
-    # sizes (16 channels at 570: 0.5x); the weight gradient still wins (2x).
+    # Below 64 channels (AVX-512: 32) the forward and data gradient lose to the direct kernels
+    # at large sizes (16 channels at 570: 0.5x on AVX2); the weight gradient still wins (2x).
     x, weight, bias = make(4, *channels, 18, 18)
     (out, grad_x, grad_weight, grad_bias), direct = winograd_and_direct(x, weight, bias, monkeypatch)
     assert torch.equal(out, direct[0]) and torch.equal(grad_x, direct[1]) and torch.equal(grad_bias, direct[3])
@@ -200,21 +207,103 @@ def test_gradcheck_float64(size, block):
     assert torch.autograd.gradcheck(lambda *a: conv3x3_bias_relu(*a, True, backend="cpu"), args, fast_mode=True)
 
 
-def test_six_by_six_blocks_from_100_of_them(monkeypatch):
-    # F(6x6, 3x3) does 0.79x the GEMM work of F(4x4, 3x3) but has a weight transform 1.78x as
-    # large: it wins from about 100 output blocks of 6x6 (10-25%), and loses below.
-    def passes(x, weight, bias, setting=None):
+def rule_takes(c_in, c_out, side, monkeypatch, settings="46", dtype=torch.float32):
+    """The setting of UNET_FAST_WINOGRAD (one of `settings`: "0" direct, or a block) the rule
+    takes for the forward, the data gradient and the weight gradient of one c_in -> c_out layer
+    at side x side: the one whose results it reproduces bit for bit (and whose other settings it
+    does not). The backward is given one output, so that its ReLU mask does not depend on the
+    forward's block."""
+    x, weight, bias = make(1, c_in, c_out, side, side, dtype=dtype)
+    with monkeypatch.context() as patch:
+        patch.setenv("UNET_FAST_WINOGRAD", "0")
+        out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    grad = torch.linspace(-1, 1, out.numel()).view(out.shape).to(dtype)
+
+    def passes(setting=None):
         with monkeypatch.context() as patch:
             if setting is not None:
                 patch.setenv("UNET_FAST_WINOGRAD", setting)
-            return forward_and_backward(x, weight, bias)[:3]  # output, grad x, grad weight
+            grad_x, grad_weight, _ = torch.ops.unet_fast.conv3x3_bias_relu_backward(
+                grad, x, weight, out, [True, True, False])
+            return conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), grad_x, grad_weight
 
-    for side, expected in [(62, "6"), (54, "4")]:  # 10x10 and 9x9 blocks of 6x6 out (and in)
-        x, weight, bias = make(1, 64, 64, side, side)
-        rule, taken, other = passes(x, weight, bias), passes(x, weight, bias, expected), passes(
-            x, weight, bias, "4" if expected == "6" else "6")
-        assert all(torch.equal(a, b) for a, b in zip(rule, taken))
-        assert not any(torch.equal(a, b) for a, b in zip(rule, other))
+    rule, by_block = passes(), {block: passes(block) for block in settings}
+    taken = []
+    for i in range(3):
+        matches = [block for block in settings if torch.equal(rule[i], by_block[block][i])]
+        assert len(matches) == 1, (i, matches)
+        taken += matches
+    return taken
+
+
+def test_six_by_six_blocks_from_100_of_them(monkeypatch):
+    # F(6x6, 3x3) does 0.79x the GEMM work of F(4x4, 3x3) but has a weight transform 1.78x as
+    # large: it wins from about 100 output blocks of 6x6 (10-25%), and loses below.
+    assert rule_takes(128, 128, 62, monkeypatch) == ["6"] * 3  # 10x10 blocks of 6x6 out (and in)
+    assert rule_takes(128, 128, 54, monkeypatch) == ["4"] * 3  # 9x9
+
+
+def test_six_by_six_blocks_where_the_tiles_outweigh_the_weights(monkeypatch):
+    # 512 -> 512 at 66 (121 blocks, tiles x 1024 channels < 512 x 512 weights) lost with F(6x6)
+    # (weight gradient 29.5 against 23.4 ms, AVX-512); from 256 blocks the tiles outweigh them.
+    assert rule_takes(512, 512, 98, monkeypatch) == ["6"] * 3  # 16x16 blocks
+    assert rule_takes(512, 512, 86, monkeypatch) == ["4"] * 3  # 14x14 (the data gradient: 15x15)
+
+
+def test_six_by_six_blocks_from_128_channels_with_avx512(monkeypatch):
+    # With AVX-512 the 64-channel layers lost with F(6x6) (64 -> 64 at 570: 41 against 34 ms);
+    # without it they won (94 against 98 ms).
+    assert rule_takes(64, 64, 62, monkeypatch) == (["4"] * 3 if cpu_has_avx512() else ["6"] * 3)
+
+
+needs_native_bf16 = pytest.mark.skipif(onednn_emulates(torch.bfloat16),
+                                       reason="oneDNN emulates bf16 on this CPU, so bf16 runs in fp32 (test_ops_conv.py)")
+# Norm-wise error bound of F(2x2) in bf16 against float64 of the same bf16 inputs: its
+# transformed tiles, weights and products are rounded to bf16 (measured 4.7e-3 to 5.0e-3,
+# against 1.7e-3 for oneDNN's direct bf16 convolution, which rounds its output only).
+BF16_NORM_RTOL = 1e-2
+
+
+@needs_native_bf16
+@pytest.mark.parametrize("layer", [(64, 64), (256, 256), (512, 1024), (1024, 512)], ids=lambda layer: "{}to{}".format(*layer))
+def test_two_by_two_blocks_in_bf16(layer, monkeypatch):
+    monkeypatch.setenv("UNET_FAST_WINOGRAD", "2")
+    x, weight, bias = make(2, *layer, 15, 11, dtype=torch.bfloat16)
+    out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    norm_error, _ = errors(out, x, weight, bias, True)
+    assert norm_error <= BF16_NORM_RTOL
+    (data_error, _), (weight_error, _) = backward_errors(x, weight, relu=True)
+    assert data_error <= BF16_NORM_RTOL and weight_error <= BF16_NORM_RTOL
+    with monkeypatch.context() as patch:
+        patch.setenv("UNET_FAST_WINOGRAD", "0")
+        direct = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    assert not torch.equal(out, direct)  # Winograd's roundings, not oneDNN's
+
+
+@needs_native_bf16
+def test_two_by_two_blocks_in_bf16_keep_nan():
+    x, weight, bias = make(1, 256, 256, 12, 12, dtype=torch.bfloat16)
+    x[0, 5, 4, 4] = float("nan")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UNET_FAST_WINOGRAD", "2")
+        out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    assert out[0, :, 2:5, 2:5].isnan().all()
+    assert not out[0, :, 6:, :].isnan().any() and not out[0, :, :, 6:].isnan().any()
+
+
+@needs_native_bf16
+def test_bf16_takes_two_by_two_blocks_for_wide_forwards_and_the_widest_data_gradients(monkeypatch):
+    # F(2x2) in bf16 beat oneDNN's AMX kernels in the forward from 256 channels where the tiles
+    # outweigh the weights (1.15-1.8x), and in the data gradient of 512 x 1024-channel layers
+    # (1.1-1.2x); never in the weight gradient.
+    def takes(c_in, c_out, side):
+        return rule_takes(c_in, c_out, side, monkeypatch, settings="02", dtype=torch.bfloat16)
+
+    assert takes(256, 256, 30) == ["2", "0", "0"]  # 14x14 blocks of 2x2: 196 x 512 >= 256 x 256
+    assert takes(128, 128, 30) == ["0", "0", "0"]
+    assert takes(512, 1024, 34) == ["0", "2", "0"]  # 256 blocks x 1536 < 512 x 1024; 9x9 blocks of 4x4 in
+    assert takes(512, 1024, 20) == ["0", "0", "0"]  # 5x5 blocks of 4x4 in
 
 
 @pytest.mark.parametrize("setting", ["5", "on", "4x4"])

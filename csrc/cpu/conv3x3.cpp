@@ -13,6 +13,7 @@
 #include "../conv3x3.h"
 #include "buffer_pool.h"
 #include "precision.h"
+#include "target_clones.h"
 #include "winograd.h"
 
 namespace unet_fast {
@@ -69,9 +70,8 @@ at::Tensor relu_grad_and_bias_sum_cpu(const at::Tensor& grad, const at::Tensor& 
 // AVX2 machine, 64 -> 64 at 570x570: 1.03 s channels_last, 0.36 s NCHW; 256 -> 256 at 138:
 // 0.69 s, 0.26 s), while its channels_last data gradient stays the faster.
 at::MemoryFormat weight_grad_layout() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+#if defined(__x86_64__)
+  return cpu_has_avx512() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 #else
   return at::MemoryFormat::ChannelsLast;
 #endif

@@ -9,12 +9,15 @@
 // kBudgetBytes.
 #include "winograd.h"
 
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "target_clones.h"
@@ -25,18 +28,31 @@ namespace {
 constexpr int64_t kBudgetBytes = 16 << 20;  // transform buffers per chunk of tiles (64 MB: no faster)
 // Below these the direct convolution wins or ties (measured forward, data and weight gradients,
 // layers of 16 to 1024 channels at 9 to 20449 blocks: docs/winograd.md): too little work a
-// call to pay for the transforms, and, forward and data gradient below 64 channels, too little
-// arithmetic per byte the transforms move (16 channels at 570: 0.5x). Wide layers, and every
-// weight gradient, pay from fewer blocks.
+// call to pay for the transforms, and, forward and data gradient of narrow layers, too little
+// arithmetic per byte the transforms move (16 channels at 570: 0.5x on AVX2, 1x on AVX-512).
+// Wide layers, and every weight gradient, pay from fewer blocks.
 constexpr int64_t kWeightGradMinChannels = 16;
 constexpr int64_t kMinChannels = 64;
+constexpr int64_t kMinChannelsAvx512 = 32;  // AVX-512 transforms: 32 channels at 570 win 1.4x
 constexpr int64_t kMinTiles = 64;
 constexpr int64_t kFewTiles = 36;  // enough for layers this wide, and for weight gradients
 constexpr int64_t kWideChannels = 512;
 // F(6x6, 3x3) takes 64 products per 36 outputs where F(4x4, 3x3) takes 36 per 16 (0.79x the
 // GEMM work, and 0.79x the transformed data), but its weight transform is 1.78x as large and
-// every block is larger, so it wins (by 10-25%) only on outputs of this many 6x6 blocks or more.
+// its 8x8 transforms cost more a value, so it wins (by 5-25%) only on outputs of many 6x6
+// blocks whose transformed tiles outweigh the transformed weights, and, with AVX-512 (where the
+// GEMMs are faster against the transforms), not on layers narrower than 128 channels.
 constexpr int64_t kMinLargeTiles = 100;
+constexpr int64_t kLargeMinChannelsAvx512 = 128;
+// bf16 (only where oneDNN runs it natively: AMX or AVX-512 bf16) takes F(2x2, 3x3) with bf16
+// GEMMs and float transforms for the forward of layers this wide whose transformed tiles
+// outweigh the transformed weights (1.15-1.8x oneDNN's bf16 convolution), and for the data
+// gradient of layers of 512 and 1024 channels with kMinTiles blocks of 4x4 (1.1-1.2x);
+// elsewhere oneDNN's bf16 kernels win or tie (its weight gradient everywhere). Never F(4x4) or F(6x6): their larger points cost
+// bf16 too much accuracy.
+constexpr int64_t kBf16MinChannels = 256;
+constexpr int64_t kBf16DataGradChannels = 512;
+constexpr int64_t kBf16DataGradWidest = 1024;
 
 // The matrices of F(m x m, 3x3): B^T (tile x tile), G (tile x 3) and A^T (m x tile), for the
 // interpolation points 0, +-1 (m = 2), then +-2 (m = 4), then +-1/2 (m = 6), and infinity.
@@ -93,58 +109,91 @@ struct Minimal<6> {
                                              {0, 1, -1, 32, -32, 0.03125, -0.03125, 1}};
 };
 
-// out[i][c] = finish(i, c, sum_j coef(i, j) in[j][c]) for i < Rows, j < Cols, over the channels.
-// coef is known at compile time once inlined and unrolled, so zero terms vanish and the loop
-// is built for the target of the function that calls it.
-template <int Rows, int Cols, typename T, typename Coef, typename Finish>
-__attribute__((always_inline)) inline void combine(Coef coef, const T* const* in, T* const* out, int64_t channels,
+// The type a transform computes in: float for bf16, whose values are stored in bf16 only
+// between the passes (the transformed tiles and weights, the GEMM's products).
+template <typename T>
+using Acc = at::opmath_type<T>;
+
+// Conversions the compiler vectorizes inside a loop over channels (c10's own bf16 ones it does not:
+// they made the bf16 transforms 4x slower than the fp32 ones). bf16 is the upper half of a float;
+// stores round to nearest even and keep NaN a NaN, bit for bit as c10 does.
+template <typename T>
+__attribute__((always_inline)) inline Acc<T> load(T value) {
+  return Acc<T>(value);
+}
+
+template <>
+__attribute__((always_inline)) inline float load(c10::BFloat16 value) {
+  return __builtin_bit_cast(float, uint32_t(value.x) << 16);
+}
+
+template <typename Out, typename A>
+__attribute__((always_inline)) inline Out store(A value) {
+  return Out(value);
+}
+
+template <>
+__attribute__((always_inline)) inline c10::BFloat16 store(float value) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, value);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+  return c10::BFloat16(uint16_t(nan ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
+}
+
+// out[i][c] = finish(i, c, sum_j coef(i, j) in[j][c]) for i < Rows, j < Cols, over the channels,
+// computed in Acc<In>. coef is known at compile time once inlined and unrolled, so zero terms
+// vanish and the loop is built for the target of the function that calls it.
+template <int Rows, int Cols, typename In, typename Out, typename Coef, typename Finish>
+__attribute__((always_inline)) inline void combine(Coef coef, const In* const* in, Out* const* out, int64_t channels,
                                                    Finish finish) {
-  const T* v[Cols];
-  T* o[Rows];
+  using A = Acc<In>;
+  const In* v[Cols];
+  Out* o[Rows];
   for (int j = 0; j < Cols; ++j) v[j] = in[j];
   for (int i = 0; i < Rows; ++i) o[i] = out[i];
 #pragma omp simd
   for (int64_t c = 0; c < channels; ++c) {
-    T x[Cols];
+    A x[Cols];
 #pragma GCC unroll 8
-    for (int j = 0; j < Cols; ++j) x[j] = v[j][c];
+    for (int j = 0; j < Cols; ++j) x[j] = load(v[j][c]);
 #pragma GCC unroll 8
     for (int i = 0; i < Rows; ++i) {
-      T sum = T(0);
+      A sum = A(0);
       bool first = true;  // starts from the first term, not from 0 (0 + -0 is +0)
 #pragma GCC unroll 8
       for (int j = 0; j < Cols; ++j) {
         const double k = coef(i, j);
         if (k == 0) continue;
-        const T term = k == 1 ? x[j] : k == -1 ? -x[j] : T(k) * x[j];
+        const A term = k == 1 ? x[j] : k == -1 ? -x[j] : A(k) * x[j];
         sum = first ? term : sum + term;
         first = false;
       }
-      o[i][c] = finish(i, c, sum);
+      o[i][c] = store<Out>(finish(i, c, sum));
     }
   }
 }
 
-template <int Rows, int Cols, typename T, typename Coef>
-__attribute__((always_inline)) inline void combine(Coef coef, const T* const* in, T* const* out, int64_t channels) {
-  combine<Rows, Cols>(coef, in, out, channels, [](int, int64_t, T value) { return value; });
+template <int Rows, int Cols, typename In, typename Out, typename Coef>
+__attribute__((always_inline)) inline void combine(Coef coef, const In* const* in, Out* const* out, int64_t channels) {
+  combine<Rows, Cols>(coef, in, out, channels, [](int, int64_t, Acc<In> value) { return value; });
 }
 
 // wt[(a, b) * point_stride + o * C + c] = (G g G^T)[a][b] for the 3x3 filter g of output
 // channel o and input channel c, turned by 180 degrees if `turned`; taps[k] points at the C
 // input channels of tap k = 3 i + j of output channel o (channels_last weights).
 template <class W, typename T>
-UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channels, bool turned, T* scratch, T* wt,
-                                            int64_t point_stride) {
+UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channels, bool turned, Acc<T>* scratch,
+                                            T* wt, int64_t point_stride) {
   const auto g = [](int a, int i) { return W::G[a][i]; };
   for (int j = 0; j < 3; ++j) {  // scratch[a][j] = (G g)[a][j]
     const T* column[3] = {taps[turned ? 8 - j : j], taps[turned ? 5 - j : 3 + j], taps[turned ? 2 - j : 6 + j]};
-    T* out[W::kTile];
+    Acc<T>* out[W::kTile];
     for (int a = 0; a < W::kTile; ++a) out[a] = scratch + (a * 3 + j) * channels;
     combine<W::kTile, 3>(g, column, out, channels);
   }
   for (int a = 0; a < W::kTile; ++a) {  // wt[a][b] = (G g G^T)[a][b]
-    const T* row[3] = {scratch + a * 3 * channels, scratch + (a * 3 + 1) * channels, scratch + (a * 3 + 2) * channels};
+    const Acc<T>* row[3] = {scratch + a * 3 * channels, scratch + (a * 3 + 1) * channels,
+                            scratch + (a * 3 + 2) * channels};
     T* out[W::kTile];
     for (int b = 0; b < W::kTile; ++b) out[b] = wt + (a * W::kTile + b) * point_stride;
     combine<W::kTile, 3>(g, row, out, channels);
@@ -154,17 +203,17 @@ UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channe
 // The adjoint: taps[k][c] = (G^T d G)[i][j] for the points d[(a, b)] = du[(a, b) * point_stride
 // + c], k = 3 i + j.
 template <class W, typename T>
-UNET_FAST_CPU_CLONES void untransform_filters(const T* du, int64_t point_stride, int64_t channels, T* scratch,
-                                              T* const* taps) {
+UNET_FAST_CPU_CLONES void untransform_filters(const Acc<T>* du, int64_t point_stride, int64_t channels,
+                                              Acc<T>* scratch, T* const* taps) {
   const auto g_transposed = [](int i, int a) { return W::G[a][i]; };
   for (int b = 0; b < W::kTile; ++b) {  // scratch[i][b] = (G^T d)[i][b]
-    const T* column[W::kTile];
+    const Acc<T>* column[W::kTile];
     for (int a = 0; a < W::kTile; ++a) column[a] = du + (a * W::kTile + b) * point_stride;
-    T* out[3] = {scratch + b * channels, scratch + (W::kTile + b) * channels, scratch + (2 * W::kTile + b) * channels};
+    Acc<T>* out[3] = {scratch + b * channels, scratch + (W::kTile + b) * channels, scratch + (2 * W::kTile + b) * channels};
     combine<3, W::kTile>(g_transposed, column, out, channels);
   }
   for (int i = 0; i < 3; ++i) {  // taps[i][j] = (G^T d G)[i][j]
-    const T* row[W::kTile];
+    const Acc<T>* row[W::kTile];
     for (int b = 0; b < W::kTile; ++b) row[b] = scratch + (i * W::kTile + b) * channels;
     combine<3, W::kTile>(g_transposed, row, taps + 3 * i, channels);
   }
@@ -179,11 +228,11 @@ at::Tensor transform_weight(const at::Tensor& weight_in, bool turned) {
   const at::Tensor weight = weight_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_out = weight.size(0), c_in = weight.size(1);
   at::Tensor wt = at::empty({kPoints, c_out, c_in}, weight.options());
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "winograd_transform_weight", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "winograd_transform_weight", [&] {
     const scalar_t* g = weight.const_data_ptr<scalar_t>();
     scalar_t* out = wt.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, c_out, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(W::kTile * 3 * c_in);
+      std::vector<Acc<scalar_t>> scratch(W::kTile * 3 * c_in);
       const scalar_t* taps[9];
       for (int64_t o = begin; o < end; ++o) {
         for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
@@ -197,13 +246,13 @@ at::Tensor transform_weight(const at::Tensor& weight_in, bool turned) {
 // U[point][t][c] = (B^T d B)[point] for the input tile whose pixels' channel vectors start at
 // rows[tile * a + b]; U's points lie point_stride apart. `scratch` holds points x C values.
 template <class W, typename T>
-UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels, T* scratch, T* u,
+UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels, Acc<T>* scratch, T* u,
                                           int64_t point_stride) {
   constexpr int kTile = W::kTile;
   const auto bt = [](int i, int j) { return W::BT[i][j]; };
   for (int b = 0; b < kTile; ++b) {  // columns: scratch[a][b] = (B^T d)[a][b]
     const T* column[kTile];
-    T* out[kTile];
+    Acc<T>* out[kTile];
     for (int a = 0; a < kTile; ++a) {
       column[a] = rows[a * kTile + b];
       out[a] = scratch + (a * kTile + b) * channels;
@@ -211,7 +260,7 @@ UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels
     combine<kTile, kTile>(bt, column, out, channels);
   }
   for (int a = 0; a < kTile; ++a) {  // rows: U[a][b] = (scratch B)[a][b]
-    const T* row[kTile];
+    const Acc<T>* row[kTile];
     T* out[kTile];
     for (int b = 0; b < kTile; ++b) {
       row[b] = scratch + (a * kTile + b) * channels;
@@ -225,24 +274,25 @@ UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels
 // point_stride; output row p goes to out_rows[p] (columns q at out_rows[p] + q * channels),
 // of which only the first `columns` are written. `scratch` holds tile x m x C values.
 template <class W, typename T>
-UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int64_t channels, const T* bias,
-                                           bool relu, T* scratch, T* const* out_rows, int columns) {
+UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int64_t channels, const Acc<T>* bias,
+                                           bool relu, Acc<T>* scratch, T* const* out_rows, int columns) {
   constexpr int kTile = W::kTile, kOut = W::kOut;
+  using A = Acc<T>;
   const auto at = [](int q, int b) { return W::AT[q][b]; };
   for (int a = 0; a < kTile; ++a) {  // rows: s[a][q] = (M A)[a][q]
     const T* row[kTile];
-    T* out[kOut];
+    A* out[kOut];
     for (int b = 0; b < kTile; ++b) row[b] = m + (a * kTile + b) * point_stride;
     for (int q = 0; q < kOut; ++q) out[q] = scratch + (a * kOut + q) * channels;
     combine<kOut, kTile>(at, row, out, channels);
   }
-  const auto add_bias = [bias](int, int64_t c, T value) { return value + bias[c]; };
-  const auto add_bias_relu = [bias](int, int64_t c, T value) {
+  const auto add_bias = [bias](int, int64_t c, A value) { return value + bias[c]; };
+  const auto add_bias_relu = [bias](int, int64_t c, A value) {
     value += bias[c];
-    return value < T(0) ? T(0) : value;  // keeps NaN, as torch.relu does
+    return value < A(0) ? A(0) : value;  // keeps NaN, as torch.relu does
   };
   for (int q = 0; q < columns; ++q) {  // columns: Y[p][q] = (A^T s)[p][q]
-    const T* column[kTile];
+    const A* column[kTile];
     T* out[kOut];
     for (int a = 0; a < kTile; ++a) column[a] = scratch + (a * kOut + q) * channels;
     for (int p = 0; p < kOut; ++p) out[p] = out_rows[p] + q * channels;
@@ -259,24 +309,30 @@ UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int
 // output at a row of zeros, rows[m]; only the first `columns` columns are read. Points lie
 // point_stride apart in dm; `scratch` holds tile x m x C values.
 template <class W, typename T>
-UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, T* scratch, T* dm,
+UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, Acc<T>* scratch, T* dm,
                                          int64_t point_stride) {
   constexpr int kTile = W::kTile, kOut = W::kOut;
   const auto a_matrix = [](int a, int p) { return W::AT[p][a]; };
   for (int q = 0; q < kOut; ++q) {  // columns: s[a][q] = (A dY)[a][q]
     const T* column[kOut];
-    T* out[kTile];
+    Acc<T>* out[kTile];
     for (int p = 0; p < kOut; ++p) column[p] = q < columns ? rows[p] + q * channels : rows[kOut];
     for (int a = 0; a < kTile; ++a) out[a] = scratch + (a * kOut + q) * channels;
     combine<kTile, kOut>(a_matrix, column, out, channels);
   }
   for (int a = 0; a < kTile; ++a) {  // rows: dM[a][b] = (s A^T)[a][b]
-    const T* row[kOut];
+    const Acc<T>* row[kOut];
     T* out[kTile];
     for (int q = 0; q < kOut; ++q) row[q] = scratch + (a * kOut + q) * channels;
     for (int b = 0; b < kTile; ++b) out[b] = dm + (a * kTile + b) * point_stride;
     combine<kTile, kOut>(a_matrix, row, out, channels);
   }
+}
+
+// Whether a pass's transformed tiles (in and out) hold at least as many values as its
+// transformed weights: below that the weight transform, redone every call, is not paid back.
+bool tiles_outweigh_weights(int64_t tiles, int64_t c_in, int64_t c_out) {
+  return tiles * (c_in + c_out) >= c_in * c_out;
 }
 
 // Image, first output row and first output column of a tile's output block.
@@ -311,7 +367,8 @@ void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& gri
   const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
   const T* input = x.const_data_ptr<T>();
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(kPoints * channels), zeros(channels, T(0));
+    std::vector<Acc<T>> scratch(kPoints * channels);
+    std::vector<T> zeros(channels, T(0));
     const T* rows[kPoints];
     for (int64_t t = begin; t < end; ++t) {
       const TilePosition pos = grid.position(first + t);
@@ -338,7 +395,7 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
   const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(T));
   at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
   at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, x.options());
-  const T* bias = bias_values.const_data_ptr<T>();
+  const Acc<T>* bias = bias_values.const_data_ptr<Acc<T>>();
   T* output = out.mutable_data_ptr<T>();
 
   for (int64_t first = 0; first < grid.tiles(); first += chunk) {
@@ -349,7 +406,8 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
     at::bmm_out(m, u, weight_t);
     const T* m_data = m.const_data_ptr<T>();
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(kTile * kOut * c_out), spare(kOut * c_out);
+      std::vector<Acc<T>> scratch(kTile * kOut * c_out);
+      std::vector<T> spare(kOut * c_out);
       T* out_rows[kOut];
       for (int64_t t = begin; t < end; ++t) {
         const TilePosition pos = grid.position(first + t);
@@ -366,7 +424,8 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
 }
 
 // grad_weight_t[point] = sum over tiles of (A dY A^T)^T (B^T d B): the weight gradient in the
-// transform domain, (points, C_out, C_in), accumulated chunk by chunk.
+// transform domain, (points, C_out, C_in), accumulated chunk by chunk in Acc<T> (bf16 products
+// of a chunk are added to it in float, so the sum over chunks is not rounded to bf16).
 template <class W, typename T>
 void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight_t) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
@@ -375,6 +434,8 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
   const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(T));
   at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
   at::Tensor dm_buffer = at::empty({kPoints * chunk * c_out}, x.options());
+  constexpr bool accumulates_in_place = std::is_same_v<T, Acc<T>>;
+  at::Tensor products = accumulates_in_place ? at::Tensor() : at::empty({kPoints, c_out, c_in}, x.options());
   const T* gradient = grad.const_data_ptr<T>();
   grad_weight_t.zero_();
 
@@ -385,7 +446,8 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
     transform_input_tiles<W, T>(x, 0, grid, first, count, u.mutable_data_ptr<T>());
     T* dm_data = dm.mutable_data_ptr<T>();
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(kTile * kOut * c_out), zeros(kOut * c_out, T(0));  // a row of zeros
+      std::vector<Acc<T>> scratch(kTile * kOut * c_out);
+      std::vector<T> zeros(kOut * c_out, T(0));  // a row of zeros
       const T* rows[kOut + 1];
       rows[kOut] = zeros.data();
       for (int64_t t = begin; t < end; ++t) {
@@ -398,7 +460,11 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
         grad_transform<W, T>(rows, columns, c_out, scratch.data(), dm_data + t * c_out, count * c_out);
       }
     });
-    grad_weight_t.baddbmm_(dm.transpose(1, 2), u);
+    if constexpr (accumulates_in_place) {
+      grad_weight_t.baddbmm_(dm.transpose(1, 2), u);
+    } else {
+      grad_weight_t.add_(at::bmm_out(products, dm.transpose(1, 2), u));
+    }
   }
 }
 
@@ -408,9 +474,10 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::
   const int64_t c_out = weight.size(0);
   at::Tensor out = at::empty({x.size(0), c_out, x.size(2) - 2, x.size(3) - 2},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor bias_values = bias ? bias->to(x.scalar_type()).contiguous() : at::zeros({c_out}, x.options());
+  const auto acc_options = x.options().dtype(at::toOpMathType(x.scalar_type()));
+  const at::Tensor bias_values = bias ? bias->to(acc_options.dtype()).contiguous() : at::zeros({c_out}, acc_options);
   const at::Tensor weight_t = transform_weight<W>(weight, false).transpose(1, 2);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "winograd_conv3x3", [&] {
     winograd_typed<W, scalar_t>(x, 0, weight_t, bias_values, relu, out);
   });
   return out;
@@ -424,8 +491,8 @@ at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight) {
                                 grad.options().memory_format(at::MemoryFormat::ChannelsLast));
   // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
   const at::Tensor weight_t = transform_weight<W>(weight, true);
-  const at::Tensor no_bias = at::zeros({c_in}, grad.options());
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "winograd_conv3x3_data_grad", [&] {
+  const at::Tensor no_bias = at::zeros({c_in}, grad.options().dtype(at::toOpMathType(grad.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "winograd_conv3x3_data_grad", [&] {
     winograd_typed<W, scalar_t>(grad, 2, weight_t, no_bias, false, grad_x);
   });
   return grad_x;
@@ -437,15 +504,15 @@ at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in) {
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_in = x.size(1), c_out = grad.size(1);
-  at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, x.options());
+  at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, x.options().dtype(at::toOpMathType(x.scalar_type())));
   at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3_weight_grad", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "winograd_conv3x3_weight_grad", [&] {
     winograd_weight_grad_typed<W, scalar_t>(grad, x, grad_weight_t);
     // Back from the transform domain, output channel by output channel.
-    const scalar_t* du = grad_weight_t.const_data_ptr<scalar_t>();
+    const Acc<scalar_t>* du = grad_weight_t.const_data_ptr<Acc<scalar_t>>();
     scalar_t* g = grad_weight.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, c_out, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> scratch(3 * W::kTile * c_in);
+      std::vector<Acc<scalar_t>> scratch(3 * W::kTile * c_in);
       scalar_t* taps[9];
       for (int64_t o = begin; o < end; ++o) {
         for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
@@ -470,25 +537,56 @@ at::Tensor with_block(int block, Fn&& fn) {
   TORCH_CHECK(false, "Winograd block must be 2, 4 or 6, got ", block);
 }
 
+int bf16_winograd_block(WinogradPass pass, int64_t images, int64_t c_in, int64_t c_out, int64_t out_h,
+                        int64_t out_w) {
+  const int64_t narrowest = std::min(c_in, c_out), widest = std::max(c_in, c_out);
+  switch (pass) {
+    case WinogradPass::kForward:
+      return narrowest >= kBf16MinChannels &&
+                     tiles_outweigh_weights(TileGrid(2, images, out_h, out_w).tiles(), c_in, c_out)
+                 ? 2
+                 : 0;
+    case WinogradPass::kDataGrad:
+      return narrowest >= kBf16DataGradChannels && widest >= kBf16DataGradWidest &&
+                     TileGrid(4, images, out_h, out_w).tiles() >= kMinTiles
+                 ? 2
+                 : 0;
+    case WinogradPass::kWeightGrad:
+      return 0;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int winograd_block(WinogradPass pass, at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out,
                    int64_t out_h, int64_t out_w) {
-  if (dtype != at::kFloat && dtype != at::kDouble) return 0;
+  const bool bf16 = dtype == at::kBFloat16;
+  if (dtype != at::kFloat && dtype != at::kDouble && !bf16) return 0;
   if (const char* setting = std::getenv("UNET_FAST_WINOGRAD"); setting && *setting) {
     const std::string value(setting);
     TORCH_CHECK(value == "0" || value == "1" || value == "2" || value == "4" || value == "6",
                 "UNET_FAST_WINOGRAD must be 0, 1, 2, 4 or 6 (off, the measured rule, or that output block for "
-                "every fp32/fp64 pass), got '", value, "'");
-    if (value != "1") return std::stoi(value);
+                "every fp32/fp64 pass, and 2 for bf16 ones too), got '", value, "'");
+    if (value != "1") {
+      const int block = std::stoi(value);
+      return bf16 && block != 2 ? 0 : block;
+    }
   }
+  if (bf16) return bf16_winograd_block(pass, images, c_in, c_out, out_h, out_w);
   const bool weight_grad = pass == WinogradPass::kWeightGrad;
+  const bool avx512 = cpu_has_avx512();
   const bool wide = c_in >= kWideChannels && c_out >= kWideChannels;
-  const int64_t min_channels = weight_grad ? kWeightGradMinChannels : kMinChannels;
-  const bool pays = c_in >= min_channels && c_out >= min_channels &&
+  const int64_t narrowest = std::min(c_in, c_out);
+  const int64_t min_channels = weight_grad ? kWeightGradMinChannels : avx512 ? kMinChannelsAvx512 : kMinChannels;
+  const bool pays = narrowest >= min_channels &&
                     TileGrid(4, images, out_h, out_w).tiles() >= (weight_grad || wide ? kFewTiles : kMinTiles);
   if (!pays) return 0;
-  return TileGrid(6, images, out_h, out_w).tiles() >= kMinLargeTiles ? 6 : 4;
+  const int64_t large_tiles = TileGrid(6, images, out_h, out_w).tiles();
+  const bool large_pays = large_tiles >= kMinLargeTiles &&
+                          (!avx512 || narrowest >= kLargeMinChannelsAvx512) &&
+                          tiles_outweigh_weights(large_tiles, c_in, c_out);
+  return large_pays ? 6 : 4;
 }
 
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
