@@ -49,6 +49,25 @@ def test_ties_send_the_gradient_to_the_first_maximum(backend, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ties_and_nan_in_many_channels_last_channels(backend, dtype, device):
+    # 37 channels: the CPU kernel's vectorized channel loop and its remainder. Values of a few
+    # levels tie often; NaNs, one at most a window (with more, PyTorch sends the gradient to
+    # the last, we to the first), make some windows NaN.
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, (2, 37, 6, 8), generator=g).to(dtype)
+    nan = torch.rand(2, 37, 3, 4, generator=g) < 0.2
+    x[:, :, 1::2, ::2][nan] = float("nan")
+    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 37, 3, 4, generator=g).to(dtype).to(device).contiguous(memory_format=torch.channels_last)
+    out, grad_x = pooled_and_grad(x, grad, backend=backend)
+    want_out, want_grad = pooled_and_grad(x, grad)
+    assert out.isnan().any()
+    torch.testing.assert_close(out, want_out, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(grad_x, want_grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_propagates(backend, device):
     x = torch.zeros(1, 1, 2, 4, device=device)
     x[0, 0, 1, 0] = float("nan")

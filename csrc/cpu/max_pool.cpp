@@ -3,9 +3,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <initializer_list>
+
 #include "../common/max_pool.h"
 #include "../max_pool.h"
 #include "buffer_pool.h"
+#include "convert.h"
+#include "target_clones.h"
 
 namespace unet_fast {
 namespace {
@@ -38,6 +42,38 @@ void forward_typed(const at::Tensor& x, at::Tensor& out) {
   });
 }
 
+// The backward of one output pixel's windows over `channels` unit-strided channels: the
+// gradient goes to the window element argmax_of_window picks (the first equal to the output, or
+// the first NaN), computed as masks so that the loop vectorizes. in0/in1 (and dst0/dst1) are
+// the window's two input rows, their right elements `right` further on.
+template <typename T>
+UNET_FAST_CPU_CLONES void window_grads(const T* in0, const T* in1, int64_t right, const T* out, const T* grad,
+                                       T* dst0, T* dst1, int64_t dst_right, int64_t channels) {
+  using A = at::opmath_type<T>;
+#pragma omp simd
+  for (int64_t c = 0; c < channels; ++c) {
+    const A m = load_value(out + c), g = load_value(grad + c);
+    const A v0 = load_value(in0 + c), v1 = load_value(in0 + c + right), v2 = load_value(in1 + c);
+    // Bitwise, not short-circuit, so that no branch stops the loop from vectorizing.
+    const bool first = (v0 == m) | (v0 != v0);
+    const bool second = !first & ((v1 == m) | (v1 != v1));
+    const bool third = !first & !second & ((v2 == m) | (v2 != v2));
+    const bool fourth = !first & !second & !third;
+    store_value(dst0 + c, first ? g : A(0));
+    store_value(dst0 + c + dst_right, second ? g : A(0));
+    store_value(dst1 + c, third ? g : A(0));
+    store_value(dst1 + c + dst_right, fourth ? g : A(0));
+  }
+}
+
+// Whether every tensor's channels lie next to each other (channels_last, as the U-Net runs).
+bool channels_innermost(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors) {
+    if (t->size(1) > 1 && t->stride(1) != 1) return false;
+  }
+  return true;
+}
+
 template <typename T>
 void backward_typed(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& out, at::Tensor& grad_x) {
   const Box4 gb = box_of(grad_out), xb = box_of(x), ob = box_of(out), gxb = box_of(grad_x);
@@ -46,6 +82,15 @@ void backward_typed(const at::Tensor& grad_out, const at::Tensor& x, const at::T
   const T* o = out.const_data_ptr<T>();
   T* gx = grad_x.mutable_data_ptr<T>();
   const int64_t channels = x.size(1);
+  if (channels_innermost({&grad_out, &x, &out, &grad_x})) {
+    for_each_output_pixel(out, [&](int64_t n, int64_t oy, int64_t ox) {
+      const T* in0 = in + box_offset(xb, n, 0, 2 * oy, 2 * ox);
+      T* dst0 = gx + box_offset(gxb, n, 0, 2 * oy, 2 * ox);
+      window_grads(in0, in0 + xb.stride[2], xb.stride[3], o + box_offset(ob, n, 0, oy, ox),
+                   g + box_offset(gb, n, 0, oy, ox), dst0, dst0 + gxb.stride[2], gxb.stride[3], channels);
+    });
+    return;
+  }
   for_each_output_pixel(out, [&](int64_t n, int64_t oy, int64_t ox) {
     for (int64_t ch = 0; ch < channels; ++ch) {
       const T* a = in + box_offset(xb, n, ch, 2 * oy, 2 * ox);
