@@ -136,6 +136,20 @@ def test_autocast_runs_in_bfloat16(backend, device):
     torch.testing.assert_close(out.double(), expected(x, weight, bias, True), **TOL[torch.bfloat16])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_direct_cpu_forward_is_onednns_convolution_then_relu(dtype, monkeypatch):
+    # The CPU backend fuses the ReLU into oneDNN's convolution as a post-op; the values are
+    # those of the convolution followed by the ReLU, bit for bit.
+    if dtype == torch.bfloat16 and onednn_emulates(dtype):
+        pytest.skip("oneDNN emulates bf16 on this CPU: the backend computes it in fp32 (tested above)")
+    monkeypatch.setenv("UNET_FAST_WINOGRAD", "0")
+    x, weight, bias = (t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+                       for t in make(2, 16, 20, 17, 24, dtype=dtype))
+    ours = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
+    assert torch.equal(ours, torch.relu(torch.convolution(x, weight, bias, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)))
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_output_is_channels_last():
     x, weight, bias = make(1, 4, 8, 8, 4, dtype=torch.float32)
     assert conv3x3_bias_relu(x, weight, bias, backend="cpu").is_contiguous(memory_format=torch.channels_last)
