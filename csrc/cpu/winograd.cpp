@@ -48,8 +48,8 @@ constexpr int64_t kLargeMinChannelsAvx512 = 128;
 // GEMMs and float transforms for the forward of layers this wide whose transformed tiles
 // outweigh the transformed weights (1.15-1.8x oneDNN's bf16 convolution), and for the data
 // gradient of layers of 512 and 1024 channels with kMinTiles blocks of 4x4 (1.1-1.2x);
-// elsewhere oneDNN's bf16 kernels win or tie (its weight gradient everywhere). Never F(4x4) or F(6x6): their larger points cost
-// bf16 too much accuracy.
+// elsewhere oneDNN's bf16 kernels win or tie (its weight gradient everywhere). Never F(4x4) or
+// F(6x6): their larger points cost bf16 too much accuracy.
 constexpr int64_t kBf16MinChannels = 256;
 constexpr int64_t kBf16DataGradChannels = 512;
 constexpr int64_t kBf16DataGradWidest = 1024;
