@@ -78,12 +78,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward_with(
   constexpr auto layout = at::MemoryFormat::ChannelsLast;
   at::Tensor grad = grad_out.contiguous(layout);
   at::Tensor grad_bias;
-  const auto acc_type = at::toOpMathType(grad.scalar_type());
-  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, grad.options().dtype(acc_type));
   if (out) {
+    const auto acc_type = at::toOpMathType(grad.scalar_type());
+    if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, grad.options().dtype(acc_type));
     grad = relu_grad_and_bias_sum(grad, out->contiguous(layout), grad_bias);
   } else if (output_mask[2]) {
-    at::sum_out(grad_bias, grad, {0, 2, 3}, false, acc_type);
+    // In grad's own type: sums of bf16/fp16 accumulate in float, and the result is rounded to
+    // the weight's type below in any case. Asking for a float result would first copy the
+    // whole gradient to float (bf16, 64 x 568 x 568: 48 against 7 ms).
+    grad_bias = grad.sum({0, 2, 3});
   }
   if (grad_bias.defined()) grad_bias = grad_bias.to(weight.scalar_type());
   at::Tensor grad_x, grad_weight;
