@@ -282,6 +282,19 @@ def test_two_by_two_blocks_in_bf16(layer, monkeypatch):
 
 
 @needs_native_bf16
+def test_two_by_two_blocks_in_bf16_beyond_one_chunk(monkeypatch):
+    # 256 channels in and out take 2048 tiles of 2x2 a chunk in bf16 (32 MB): 40 images of
+    # 16x16 outputs make two chunks (three for the data gradient's 18x18), whose weight-gradient
+    # products are summed in float.
+    monkeypatch.setenv("UNET_FAST_WINOGRAD", "2")
+    x, weight, bias = make(40, 256, 256, 18, 18, dtype=torch.bfloat16)
+    norm_error, _ = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
+    assert norm_error <= BF16_NORM_RTOL
+    for norm_error, _ in backward_errors(x, weight, relu=True):
+        assert norm_error <= BF16_NORM_RTOL
+
+
+@needs_native_bf16
 def test_two_by_two_blocks_in_bf16_keep_nan():
     x, weight, bias = make(1, 256, 256, 12, 12, dtype=torch.bfloat16)
     x[0, 5, 4, 4] = float("nan")

@@ -6,7 +6,7 @@
 // (tiles past the edge read zeros), the transform-domain products are one batched GEMM (ATen,
 // so MKL/oneDNN), and the output transform adds the bias, applies the ReLU and writes only the
 // pixels inside the output. Tiles are worked through in chunks whose buffers stay within
-// kBudgetBytes.
+// kBudgetBytes (kBf16BudgetBytes in bf16).
 #include "winograd.h"
 
 #include <ATen/OpMathType.h>
@@ -25,7 +25,11 @@
 namespace unet_fast {
 namespace {
 
-constexpr int64_t kBudgetBytes = 16 << 20;  // transform buffers per chunk of tiles (64 MB: no faster)
+// Transform buffers per chunk of tiles. The fp32 572 step was slower with 4 and 64 MB (1.84
+// and 1.71 s against 1.57-1.64); bf16's AMX GEMMs gain from more tiles a chunk (bf16 572 step
+// 0.71-0.75 s against 0.76-0.77 with 16 MB, builds alternated).
+constexpr int64_t kBudgetBytes = 16 << 20;
+constexpr int64_t kBf16BudgetBytes = 32 << 20;
 // Below these the direct convolution wins or ties (measured forward, data and weight gradients,
 // layers of 16 to 1024 channels at 9 to 20449 blocks: docs/winograd.md): too little work a
 // call to pay for the transforms, and, forward and data gradient of narrow layers, too little
@@ -328,7 +332,8 @@ struct TileGrid {
   }
   // Tiles per chunk such that the chunk's transform buffers of c_in + c_out channels stay in budget.
   int64_t chunk(int64_t points, int64_t channels, int64_t element_size) const {
-    return std::clamp<int64_t>(kBudgetBytes / (points * channels * element_size), 1, tiles());
+    const int64_t budget = element_size == 2 ? kBf16BudgetBytes : kBudgetBytes;
+    return std::clamp<int64_t>(budget / (points * channels * element_size), 1, tiles());
   }
 };
 
