@@ -169,3 +169,33 @@ def test_bf16_autocast_matches_the_reference_under_autocast():
     torch.testing.assert_close(out_fast.float(), out_ref.float(), rtol=0.05, atol=0.05)
     out_fast.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in fast.parameters())
+
+
+def relative_error(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+
+def test_bf16_autocast_full_width_is_as_close_to_fp32_as_the_reference():
+    # At full width the CPU backend runs some bf16 layers as Winograd F(2x2) with bf16 GEMMs
+    # (256 channels and more, where oneDNN runs bf16 natively); its output and every parameter
+    # gradient must stay about as close to the fp32 reference's as the reference's own bf16
+    # autocast run is.
+    ref, fast = twins()
+    x = torch.randn(1, 1, 252, 252)
+    grad_out = torch.randn(1, 2, 68, 68)
+    out32 = ref(x)
+    out32.backward(grad_out)
+    grads32 = {name: p.grad.clone() for name, p in ref.named_parameters()}
+    ref.zero_grad()
+    results = {}
+    for name, model in (("reference", ref), ("fast", fast)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().backward(grad_out)
+        results[name] = (out, {n: p.grad for n, p in model.named_parameters()})
+    out_error = {name: relative_error(out, out32) for name, (out, _) in results.items()}
+    assert out_error["fast"] <= max(2 * out_error["reference"], 1e-2), out_error
+    for param in grads32:
+        errors = {name: relative_error(grads[param], grads32[param]) for name, (_, grads) in results.items()}
+        assert errors["fast"] <= max(2 * errors["reference"], 3e-2), (param, errors)
+
