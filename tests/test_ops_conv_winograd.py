@@ -4,9 +4,10 @@ takes for fp32/fp64 tensors where its rule says they pay (csrc/cpu/winograd.cpp:
 the batch (36 for the weight gradient, or with 512 channels), F(6x6) from 100 blocks of 6x6
 whose transformed tiles outweigh the transformed weights (and, with AVX-512, from 128
 channels)) — the forward, the data gradient (a full convolution) and the weight gradient —
-against float64 direct convolution, each block size forced by UNET_FAST_WINOGRAD. Their error in float32 is that of the
-transforms (F(6x6)'s points +-1/2, +-2 scale values by up to 32): a few 1e-6 of the result's
-norm, against oneDNN's direct 1e-7 to 1e-5."""
+against float64 direct convolution, each block size forced by UNET_FAST_WINOGRAD. Their error
+in float32 is that of the transforms (F(6x6)'s points +-1/2, +-2 scale values by up to 32): a
+few 1e-6 of the result's norm, against oneDNN's direct 1e-7 to 1e-5. Also F(2x2) with bf16
+GEMMs, which bf16 takes on wide layers where oneDNN runs bf16 natively, and its rule."""
 
 import pytest
 import torch
