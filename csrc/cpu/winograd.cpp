@@ -118,6 +118,11 @@ struct Minimal<6> {
 template <typename T>
 using Acc = at::opmath_type<T>;
 
+// t's tensor options with the type Acc of its own: for the bias and the weight gradient's sums.
+at::TensorOptions acc_options(const at::Tensor& t) {
+  return t.options().dtype(at::toOpMathType(t.scalar_type()));
+}
+
 // out[i][c] = finish(i, c, sum_j coef(i, j) in[j][c]) for i < Rows, j < Cols, over the channels,
 // computed in Acc<In>. coef is known at compile time once inlined and unrolled, so zero terms
 // vanish and the loop is built for the target of the function that calls it.
@@ -187,7 +192,8 @@ UNET_FAST_CPU_CLONES void untransform_filters(const Acc<T>* du, int64_t point_st
   for (int b = 0; b < W::kTile; ++b) {  // scratch[i][b] = (G^T d)[i][b]
     const Acc<T>* column[W::kTile];
     for (int a = 0; a < W::kTile; ++a) column[a] = du + (a * W::kTile + b) * point_stride;
-    Acc<T>* out[3] = {scratch + b * channels, scratch + (W::kTile + b) * channels, scratch + (2 * W::kTile + b) * channels};
+    Acc<T>* out[3] = {scratch + b * channels, scratch + (W::kTile + b) * channels,
+                      scratch + (2 * W::kTile + b) * channels};
     combine<3, W::kTile>(g_transposed, column, out, channels);
   }
   for (int i = 0; i < 3; ++i) {  // taps[i][j] = (G^T d G)[i][j]
@@ -453,8 +459,8 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::
   const int64_t c_out = weight.size(0);
   at::Tensor out = at::empty({x.size(0), c_out, x.size(2) - 2, x.size(3) - 2},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const auto acc_options = x.options().dtype(at::toOpMathType(x.scalar_type()));
-  const at::Tensor bias_values = bias ? bias->to(acc_options.dtype()).contiguous() : at::zeros({c_out}, acc_options);
+  const auto options = acc_options(x);
+  const at::Tensor bias_values = bias ? bias->to(options.dtype()).contiguous() : at::zeros({c_out}, options);
   const at::Tensor weight_t = transform_weight<W>(weight, false).transpose(1, 2);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "winograd_conv3x3", [&] {
     winograd_typed<W, scalar_t>(x, 0, weight_t, bias_values, relu, out);
@@ -470,7 +476,7 @@ at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight) {
                                 grad.options().memory_format(at::MemoryFormat::ChannelsLast));
   // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
   const at::Tensor weight_t = transform_weight<W>(weight, true);
-  const at::Tensor no_bias = at::zeros({c_in}, grad.options().dtype(at::toOpMathType(grad.scalar_type())));
+  const at::Tensor no_bias = at::zeros({c_in}, acc_options(grad));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "winograd_conv3x3_data_grad", [&] {
     winograd_typed<W, scalar_t>(grad, 2, weight_t, no_bias, false, grad_x);
   });
@@ -483,7 +489,7 @@ at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in) {
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_in = x.size(1), c_out = grad.size(1);
-  at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+  at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, acc_options(x));
   at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "winograd_conv3x3_weight_grad", [&] {
     winograd_weight_grad_typed<W, scalar_t>(grad, x, grad_weight_t);
