@@ -1,6 +1,7 @@
 // Every op schema of the extension, in one place. Kernels register their implementations per
 // device in csrc/cpu and csrc/cuda; fake (meta) impls and autograd live in unet_fast/ops.
 #include <Python.h>
+#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include "cpu/buffer_pool.h"
@@ -8,11 +9,11 @@
 
 namespace {
 
-// (in use, cached) bytes of the CPU buffer pool (csrc/cpu/buffer_pool.h).
+// (in use, cached, peak in use) bytes of the CPU buffer pool (csrc/cpu/buffer_pool.h).
 PyObject* buffer_pool_stats(PyObject*, PyObject*) {
   const unet_fast::BufferPoolStats stats = unet_fast::buffer_pool_stats();
-  return Py_BuildValue("(LL)", static_cast<long long>(stats.in_use_bytes),
-                       static_cast<long long>(stats.cached_bytes));
+  return Py_BuildValue("(LLL)", static_cast<long long>(stats.in_use_bytes),
+                       static_cast<long long>(stats.cached_bytes), static_cast<long long>(stats.peak_in_use_bytes));
 }
 
 PyObject* buffer_pool_empty_cache(PyObject*, PyObject*) {
@@ -20,12 +21,26 @@ PyObject* buffer_pool_empty_cache(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+PyObject* buffer_pool_set_idle_seconds(PyObject*, PyObject* arg) {
+  const double seconds = PyFloat_AsDouble(arg);
+  if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
+  try {
+    unet_fast::buffer_pool_set_idle_seconds(seconds);
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 // Whether the CPU kernels take their AVX-512 loops and measured choices (docs/winograd.md).
 PyObject* cpu_has_avx512(PyObject*, PyObject*) { return PyBool_FromLong(unet_fast::cpu_has_avx512()); }
 
 PyMethodDef methods[] = {
-    {"buffer_pool_stats", buffer_pool_stats, METH_NOARGS, "(in use, cached) bytes of the CPU buffer pool"},
+    {"buffer_pool_stats", buffer_pool_stats, METH_NOARGS, "(in use, cached, peak in use) bytes of the CPU buffer pool"},
     {"buffer_pool_empty_cache", buffer_pool_empty_cache, METH_NOARGS, "frees the pool's cached CPU buffers"},
+    {"buffer_pool_set_idle_seconds", buffer_pool_set_idle_seconds, METH_O,
+     "seconds without pooled activity after which the pool frees its cached buffers"},
     {"cpu_has_avx512", cpu_has_avx512, METH_NOARGS, "whether the CPU kernels run for AVX-512"},
     {nullptr, nullptr, 0, nullptr}};
 

@@ -3,9 +3,11 @@
 // (about a fifth of a 572x572 training step). While a PooledAllocations guard is alive on a
 // thread, the CPU allocations of that thread of 1 MiB or more (those of the op's own kernels
 // and of the ATen calls it makes) come from blocks the pool kept, and go back to it when
-// freed; other allocations, and other threads, are untouched. The pool reports its
-// allocations to the torch profiler as in use, like the default allocator, and keeps at most
-// twice its peak use idle. UNET_FAST_CPU_POOL=0 turns it off.
+// freed; other allocations, and other threads, pass through to torch's allocator. The pool
+// reports its allocations to the torch profiler as in use, like the default allocator. It
+// holds at most as much as it ever had in use at once, and gives its idle blocks back after
+// UNET_FAST_CPU_POOL_IDLE_S seconds (default 2) without pooled activity.
+// UNET_FAST_CPU_POOL=0 turns it off.
 #pragma once
 
 #include <cstdint>
@@ -24,13 +26,17 @@ class PooledAllocations {
 };
 
 struct BufferPoolStats {
-  int64_t in_use_bytes;  // handed out and not yet freed
-  int64_t cached_bytes;  // freed and kept for reuse
+  int64_t in_use_bytes;       // handed out and not yet freed
+  int64_t cached_bytes;       // freed and kept for reuse
+  int64_t peak_in_use_bytes;  // the most ever in use at once: the bound on in use + cached
 };
 
 BufferPoolStats buffer_pool_stats();
 
 // Gives the cached blocks back to the OS.
 void buffer_pool_empty_cache();
+
+// Seconds without pooled activity after which the cached blocks are given back.
+void buffer_pool_set_idle_seconds(double seconds);
 
 }  // namespace unet_fast
