@@ -1,37 +1,48 @@
-"""Fast U-Net for biomedical image segmentation: fused kernels and the paper's method."""
+"""Fast U-Net for biomedical image segmentation: fused kernels and the paper's method.
 
-from unet_fast import metrics, ops
-from unet_fast.augment import elastic_deform, flip_rotate
-from unet_fast.checkpoint import TrainConfig, load_model
-from unet_fast.data import folder_dataset, synthetic_cells
-from unet_fast.geometry import UNetGeometry
-from unet_fast.init import init_paper_
-from unet_fast.losses import WeightedSoftmaxCrossEntropyLoss
-from unet_fast.ops import crop_concat, weighted_softmax_cross_entropy
-from unet_fast.predict import segment
-from unet_fast.tiling import predict_tiled
-from unet_fast.training import train
-from unet_fast.unet import UNet
-from unet_fast.weights import weight_map
+The public names load their modules on first use, so that ``import unet_fast`` costs a kernel
+user neither the time nor the memory of the pipeline's dependencies (scipy, scikit-image,
+tifffile, PIL).
+"""
 
-__all__ = [
-    "TrainConfig",
-    "UNet",
-    "UNetGeometry",
-    "WeightedSoftmaxCrossEntropyLoss",
-    "crop_concat",
-    "elastic_deform",
-    "flip_rotate",
-    "folder_dataset",
-    "init_paper_",
-    "load_model",
-    "metrics",
-    "ops",
-    "predict_tiled",
-    "segment",
-    "synthetic_cells",
-    "train",
-    "weight_map",
-    "weighted_softmax_cross_entropy",
-]
+import importlib
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it (the module itself where the two are the same)
+_WHERE = {
+    "TrainConfig": "unet_fast.checkpoint",
+    "UNet": "unet_fast.unet",
+    "UNetGeometry": "unet_fast.geometry",
+    "WeightedSoftmaxCrossEntropyLoss": "unet_fast.losses",
+    "crop_concat": "unet_fast.ops",
+    "elastic_deform": "unet_fast.augment",
+    "flip_rotate": "unet_fast.augment",
+    "folder_dataset": "unet_fast.data",
+    "init_paper_": "unet_fast.init",
+    "load_model": "unet_fast.checkpoint",
+    "memory": "unet_fast.memory",
+    "metrics": "unet_fast.metrics",
+    "ops": "unet_fast.ops",
+    "predict_tiled": "unet_fast.tiling",
+    "segment": "unet_fast.predict",
+    "synthetic_cells": "unet_fast.data",
+    "train": "unet_fast.training",
+    "weight_map": "unet_fast.weights",
+    "weighted_softmax_cross_entropy": "unet_fast.ops",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'unet_fast' has no attribute {name!r}")
+    module = importlib.import_module(_WHERE[name])
+    value = module if module.__name__ == f"unet_fast.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

@@ -1,5 +1,6 @@
-"""Reading and writing images: TIFF through tifffile, PNG through Pillow, every write atomic
-(a temporary file in the target folder, then a rename), so a crash never leaves half a file."""
+"""Reading and writing images: TIFF through tifffile, PNG through Pillow (each loaded when first
+used), every write atomic (a temporary file in the target folder, then a rename), so a crash
+never leaves half a file."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import tifffile
-from PIL import Image
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def read_frames(path: str | Path) -> np.ndarray:
     """The 2D frames of an image file as (frames, H, W); colour (H, W, 3 or 4) is averaged to grey."""
+    import tifffile
+    from PIL import Image
+
     path = Path(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
@@ -61,6 +63,9 @@ def _umask() -> int:
 def write_labels(path: str | Path, labels: np.ndarray) -> None:
     """Instance labels as TIFF or PNG (by suffix), in the smallest of 8/16/32-bit that holds them
     (PNG stops at 16 bits)."""
+    import tifffile
+    from PIL import Image
+
     path = Path(path)
     top = int(labels.max(initial=0))
     dtype = np.uint8 if top <= 0xFF else np.uint16 if top <= 0xFFFF else np.uint32
@@ -75,6 +80,8 @@ def write_labels(path: str | Path, labels: np.ndarray) -> None:
 
 def write_rgb(path: str | Path, rgb: np.ndarray) -> None:
     """An (H, W, 3) uint8 picture as PNG."""
+    from PIL import Image
+
     with atomic_path(path) as temporary:
         Image.fromarray(rgb).save(temporary, format="PNG")
 

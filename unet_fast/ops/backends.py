@@ -15,12 +15,23 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 import warnings
 
 import torch
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 ENV_VAR = "UNET_FAST_BACKEND"
+
+
+def constant_when_compiled(fn):
+    """``torch.compiler.assume_constant_result(fn)``, without importing torch._dynamo (about
+    145 MB resident) into processes that never compile: where it is not imported yet, this
+    sets the same marker that decorator sets, which dynamo reads when it traces."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 @functools.cache

@@ -47,7 +47,7 @@ def check_join_args(up, skip) -> None:
         )
 
 
-@torch.compiler.assume_constant_result
+@backends.constant_when_compiled
 def _resolve(backend, device):
     return backends.resolve_backend("crop_concat", backend, device)
 

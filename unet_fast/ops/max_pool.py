@@ -31,7 +31,7 @@ def max_pool2x2(x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     return torch.ops.unet_fast.max_pool2x2(x)
 
 
-@torch.compiler.assume_constant_result
+@backends.constant_when_compiled
 def _resolve(backend, device):
     return backends.resolve_backend("max_pool2x2", backend, device)
 

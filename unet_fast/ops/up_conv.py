@@ -36,7 +36,7 @@ def up_conv2x2(
     return torch.ops.unet_fast.up_conv2x2(x, weight, bias)
 
 
-@torch.compiler.assume_constant_result
+@backends.constant_when_compiled
 def _resolve(backend, device):
     """The GPU backends run the composite (see the module docstring)."""
     if (backend or os.environ.get(backends.ENV_VAR)) in ("triton", "cuda"):

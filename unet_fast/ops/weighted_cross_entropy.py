@@ -56,7 +56,7 @@ def weighted_softmax_cross_entropy(
     return loss
 
 
-@torch.compiler.assume_constant_result
+@backends.constant_when_compiled
 def _resolve(backend, device):
     return backends.resolve_backend("weighted_softmax_cross_entropy", backend, device)
 
