@@ -71,13 +71,26 @@ TORCH_LIBRARY(unet_fast, m) {
       "Tensor? class_weight, int ignore_index, str reduction, bool compute_grad) "
       "-> (Tensor, Tensor)");
   // Valid (unpadded) 3x3 convolution, stride 1, with the bias and, if relu, a ReLU applied to
-  // its output. The output is channels_last.
-  m.def("conv3x3_bias_relu(Tensor x, Tensor weight, Tensor? bias, bool relu) -> Tensor");
+  // its output. The output is channels_last. `algorithm` names how the CPU computes it
+  // (csrc/cpu/conv_algorithm.h; unet_fast/tuning.py chooses); the GPU's kernels ignore it.
+  m.def("conv3x3_bias_relu(Tensor x, Tensor weight, Tensor? bias, bool relu, str algorithm=\"direct\") -> Tensor");
   // Gradients of x, weight and bias (each only if asked in output_mask, else undefined). `out`
-  // is the saved forward output when it went through the ReLU (its mask), else None.
+  // is the saved forward output when it went through the ReLU (its mask), else None. The
+  // algorithms name how the CPU computes x's and the weight's gradients.
   m.def(
       "conv3x3_bias_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? out, "
-      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+      "bool[3] output_mask, str data_algorithm=\"direct\", str weight_algorithm=\"direct\") "
+      "-> (Tensor, Tensor, Tensor)");
+  // conv3x3_bias_relu(crop_concat(up, skip), weight, bias, relu), without keeping the join.
+  m.def(
+      "crop_concat_conv3x3(Tensor up, Tensor skip, Tensor weight, Tensor? bias, bool relu, "
+      "str algorithm=\"direct\") -> Tensor");
+  // Gradients of up, skip, weight and bias (each only if asked in output_mask, else undefined),
+  // by the algorithms named for the up part's and the skip part's data gradient and the weight's.
+  m.def(
+      "crop_concat_conv3x3_backward(Tensor grad_out, Tensor up, Tensor skip, Tensor weight, Tensor? out, "
+      "bool[4] output_mask, str up_algorithm=\"direct\", str skip_algorithm=\"direct\", "
+      "str weight_algorithm=\"direct\") -> (Tensor, Tensor, Tensor, Tensor)");
   // 2x2 max-pool, stride 2 (a last odd row or column is dropped), keeping no indices.
   m.def("max_pool2x2(Tensor x) -> Tensor");
   // The input's gradient: each output's gradient goes to the first maximum of its window,

@@ -5,12 +5,20 @@ On a GPU, fp32 convolutions and matrix products run in full precision (no TF32),
 the reference's alike, so the fp32 tolerances hold there too.
 
 torch.compile tests compile afresh: inductor's on-disk caches do not key on a custom op's
-C++ schema, so a cache from an older build could replay stale code."""
+C++ schema, so a cache from an older build could replay stale code.
+
+The CPU convolutions run by the rule of unet_fast.tuning.cold_start, not by measurements
+(UNET_FAST_TUNE=0), so that every test sees one algorithm per shape, whatever this machine's
+timings; tests/test_tuning.py turns measuring on where it tests it, with its cache in a
+temporary folder, never the user's."""
 
 import os
+import tempfile
 
 os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "0"
 os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "0"
+os.environ["UNET_FAST_TUNE"] = "0"
+os.environ["UNET_FAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="unet_fast_test_cache_")
 
 import torch  # noqa: E402
 

@@ -12,7 +12,7 @@ from unet_fast.checkpoint import load_checkpoint
 TINY = ["--widths", "4,8,16", "--tile", "60", "--val-every", "0", "--checkpoint-every", "0"]
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "demo", "bench"])
+@pytest.mark.parametrize("command", ["train", "predict", "demo", "bench", "tune"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])
@@ -75,10 +75,33 @@ def test_bench_prints_the_table_and_writes_json(capsys, tmp_path):
     path = tmp_path / "bench.json"
     cli.main(["bench", "--size", "188", "--rounds", "1", "--json", str(path)])
     out = capsys.readouterr().out
-    assert "UNet training step, 188x188" in out and "crop_concat" in out
-    assert len(json.loads(path.read_text())["results"]) == 4
+    assert "UNet training step, 188x188" in out and "crop_concat" in out and "bf16 autocast vs our fp32" in out
+    assert "fresh training processes" in out and "peak resident memory" in out
+    saved = json.loads(path.read_text())
+    assert len(saved["results"]) == 5
+    assert [p["model"] for p in saved["training_processes"]] == ["unet_fast", "reference"]
 
 
 def test_bench_refuses_an_invalid_size():
     with pytest.raises(ValueError, match="--size 190 does not fit.*Nearest valid sizes: 188 and 204"):
         cli.main(["bench", "--size", "190"])
+
+
+def test_tune_measures_a_network_and_caches_its_choices(tmp_path, capsys, monkeypatch):
+    from unet_fast import tuning
+
+    monkeypatch.setenv("UNET_FAST_TUNE", "1")
+    monkeypatch.setenv("UNET_FAST_CACHE_DIR", str(tmp_path))
+    tuning.forget()
+    try:
+        cli.main(["tune", "--widths", "4,8,16", "--size", "60"])
+        out = capsys.readouterr().out
+        assert "forward" in out and "weight_grad" in out and "measured ms" in out
+        assert "settled" in out and str(tuning.cache_path()) in out and tuning.cache_path().exists()
+    finally:
+        tuning.forget()
+
+
+def test_tune_refuses_an_invalid_size():
+    with pytest.raises(ValueError, match="--size 61 does not fit"):
+        cli.main(["tune", "--widths", "4,8,16", "--size", "61"])

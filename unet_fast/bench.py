@@ -1,5 +1,7 @@
 """`unet-fast bench`: this machine's speed-ups over the reference, as ratios of medians of
-alternating runs (so a noisy machine slows both sides alike), with peak memory."""
+alternating runs (so a noisy machine slows both sides alike), with peak memory: the profiler's
+count of one call's allocations, and the peak resident memory of a fresh training process as
+the OS reports it (what GNU ``time -v`` prints), which also counts what allocators keep."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
@@ -92,8 +95,9 @@ def compare(name: str, ours: Callable, theirs: Callable, rounds: int, device: to
                       peak_memory_mb(ours, device), peak_memory_mb(theirs, device))
 
 
-def _comparisons(size: int, device: torch.device):
-    """(name, ours, reference) triples: each fused op, then the U-Net."""
+def _comparisons(size: int, device: torch.device, busy: bool = False):
+    """(name, ours, reference) triples: each fused op, then the U-Net (in fp32; a bf16-autocast
+    step against our own fp32 one; a step with another process spinning on a core if `busy`)."""
     gen = torch.Generator().manual_seed(0)
     up = torch.randn(1, 64, 392, 392, generator=gen).to(device).requires_grad_()
     skip = torch.randn(1, 64, 568, 568, generator=gen).to(device).requires_grad_()
@@ -115,17 +119,95 @@ def _comparisons(size: int, device: torch.device):
         with torch.no_grad():
             model(image)
 
-    def train_step(model):
-        model(image).square().mean().backward()
+    def train_step(model, autocast=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(image)
+        logits.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
 
     yield f"UNet forward, {size}x{size}", lambda: forward(ours), lambda: forward(theirs)
     yield f"UNet training step, {size}x{size}", lambda: train_step(ours), lambda: train_step(theirs)
+    yield (f"UNet step {size}, bf16 autocast vs our fp32", lambda: train_step(ours, autocast=True),
+           lambda: train_step(ours))
+    if busy:
+        yield f"UNet training step, {size}x{size}, a core busy", lambda: train_step(ours), lambda: train_step(theirs)
 
 
-def run(size: int = 252, rounds: int = 5, device: str | None = None) -> list[Comparison]:
+def tune(size: int, device: torch.device) -> list:
+    """Settles the algorithms of the U-Net at `size` in fp32 and bf16 (CPU; nothing elsewhere)."""
+    from unet_fast import tuning
+
+    if device.type != "cpu" or not tuning.measuring():
+        return []
+    model = unet_fast.UNet()
+    return tuning.tune(model, size) + tuning.tune(model, size, dtype=torch.bfloat16)
+
+
+def run(size: int = 252, rounds: int = 5, device: str | None = None, busy: bool = False) -> list[Comparison]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return [compare(name, ours, theirs, rounds, device) for name, ours, theirs in _comparisons(size, device)]
+    results = []
+    for name, ours, theirs in _comparisons(size, device, busy):
+        with busy_core() if name.endswith("a core busy") else contextlib.nullcontext():
+            results.append(compare(name, ours, theirs, rounds, device))
+    return results
+
+
+@contextlib.contextmanager
+def busy_core():
+    """Another process spinning on one core meanwhile, as a neighbour on a shared machine does."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+@dataclass
+class TrainingProcess:
+    """A fresh process training one model (unet_fast.training_process), as the OS saw it."""
+
+    model: str
+    size: int
+    precision: str
+    peak_mb: float  # peak resident memory (VmHWM)
+    setup_mb: float  # resident after building the model and optimiser
+    step_seconds: list = field(default_factory=list)
+    pool_cached_mb: float = 0.0  # what unet_fast's buffer pool holds after the last step
+
+    @property
+    def steps_mb(self) -> float:
+        """What the steps added to the resident memory of the set-up process."""
+        return self.peak_mb - self.setup_mb
+
+
+def training_process(model: str, size: int = 572, steps: int = 3, precision: str = "fp32",
+                     env: dict | None = None) -> TrainingProcess:
+    """Runs `steps` SGD steps of `model` ("unet_fast" or "reference") in a fresh Python and
+    returns its peak resident memory: its own VmHWM, as GNU time -v reports it (os.wait4's
+    ru_maxrss would count this large process, which the child is forked from)."""
+    command = [sys.executable, "-m", "unet_fast.training_process", "--model", model, "--size", str(size),
+               "--steps", str(steps), "--precision", precision]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr[-2000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return TrainingProcess(model, size, precision, peak_mb=report["peak_mb"], setup_mb=report["setup_mb"],
+                           step_seconds=report["step_seconds"], pool_cached_mb=report["pool_cached_mb"])
+
+
+def format_processes(ours: TrainingProcess, theirs: TrainingProcess) -> str:
+    steps = len(ours.step_seconds)
+    lines = [f"fresh training processes, {ours.size}x{ours.size} {ours.precision}, {steps} SGD steps "
+             "(peak resident memory, as GNU time -v reports it):",
+             f"{'':12s} {'peak MiB':>9s} {'set up MiB':>11s} {'steps added':>12s} {'last step s':>12s}"]
+    for name, p in (("unet_fast", ours), ("reference", theirs)):
+        lines.append(f"{name:12s} {p.peak_mb:9.0f} {p.setup_mb:11.0f} {p.steps_mb:12.0f} {p.step_seconds[-1]:12.2f}")
+    lines.append(f"ours / reference: peak {ours.peak_mb / theirs.peak_mb:.2f}x, added by the steps "
+                 f"{ours.steps_mb / theirs.steps_mb:.2f}x; the pool then kept {ours.pool_cached_mb:.0f} MiB "
+                 "(given back after it has been idle for UNET_FAST_CPU_POOL_IDLE_S, default 2 s)")
+    return "\n".join(lines)
 
 
 def format_table(results: list[Comparison]) -> str:
@@ -136,12 +218,16 @@ def format_table(results: list[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def write_json(results: list[Comparison], path: str) -> None:
+def write_json(results: list[Comparison], path: str, processes: list[TrainingProcess] = (),
+               choices: list = ()) -> None:
     """Writes the results atomically (a temporary file renamed into place)."""
     payload = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "results": [dict(asdict(r), speedup=r.speedup) for r in results],
+        "training_processes": [dict(asdict(p), steps_mb=p.steps_mb) for p in processes],
+        "algorithms": [{"pass": c.shape.key(), "algorithm": c.algorithm, "milliseconds": c.milliseconds}
+                       for c in choices],
     }
     folder = os.path.dirname(os.path.abspath(path))
     with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as file:

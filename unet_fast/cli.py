@@ -1,4 +1,4 @@
-"""The ``unet-fast`` command: train, predict, demo, bench."""
+"""The ``unet-fast`` command: train, predict, demo, bench, tune."""
 
 from __future__ import annotations
 
@@ -98,15 +98,38 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _bench(args: argparse.Namespace) -> None:
     """Prints (and optionally saves) this machine's speed-ups over the reference."""
-    from unet_fast import bench
+    from unet_fast import bench, tuning
 
     unet_fast.UNetGeometry(depth=5, stages=4).output_size(args.size, name="--size")
-    results = bench.run(size=args.size, rounds=args.rounds)
     print(f"unet_fast {unet_fast.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    choices = bench.tune(args.size, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if choices:
+        print(f"convolution algorithms measured on this machine ({tuning.cache_path()}):")
+        print(tuning.format_choices(choices))
+    results = bench.run(size=args.size, rounds=args.rounds, busy=args.busy_core)
     print(bench.format_table(results))
+    processes = []
+    if not torch.cuda.is_available():
+        processes = [bench.training_process(model, args.size, steps=args.steps) for model in ("unet_fast", "reference")]
+        print(bench.format_processes(*processes))
     if args.json:
-        bench.write_json(results, args.json)
+        bench.write_json(results, args.json, processes, choices)
         print(f"wrote {args.json}")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    """Measures the convolution algorithms of a U-Net's shapes on this machine, ahead of time."""
+    from unet_fast import tuning
+    from unet_fast.checkpoint import TrainConfig, load_model
+
+    model = load_model(args.checkpoint) if args.checkpoint else TrainConfig(widths=args.widths).build_model()
+    model.geometry.output_size(args.size, name="--size")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    start = time.perf_counter()
+    choices = tuning.tune(model, args.size, dtype=dtype, batch_size=args.batch_size, training=not args.inference)
+    print(tuning.format_choices(choices))
+    print(f"settled {len(choices)} convolution passes in {time.perf_counter() - start:.0f} s; "
+          f"cached in {tuning.cache_path()}")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -170,7 +193,20 @@ def main(argv: list[str] | None = None) -> None:
     bench_parser.add_argument("--size", type=int, default=252, help="U-Net input side length (default 252)")
     bench_parser.add_argument("--rounds", type=int, default=5, help="alternating timed runs per side (default 5)")
     bench_parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench_parser.add_argument("--steps", type=int, default=3, help="steps of the fresh training processes (default 3)")
+    bench_parser.add_argument("--busy-core", action="store_true",
+                              help="also time a training step while another process spins on one core")
     bench_parser.set_defaults(run=_bench)
+
+    tune = commands.add_parser("tune", help="measure the convolution algorithms of a U-Net on this machine")
+    tune.add_argument("--size", type=int, default=572, help="input side length (default 572)")
+    tune.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast (default fp32)")
+    tune.add_argument("--batch-size", type=int, default=1, help="images per batch (default 1)")
+    tune.add_argument("--widths", type=_int_list, default=TrainConfig().widths,
+                      help="channels per level (default the paper's 64,...,1024)")
+    tune.add_argument("--checkpoint", help="tune the network of RUN_DIR/model.pt instead")
+    tune.add_argument("--inference", action="store_true", help="forward passes only")
+    tune.set_defaults(run=_tune)
     args = parser.parse_args(argv)
     args.run(args)
 

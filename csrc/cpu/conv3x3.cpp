@@ -1,4 +1,5 @@
-// CPU kernels of conv3x3_bias_relu: oneDNN convolutions (csrc/conv3x3.h) with their buffers
+// CPU kernels of conv3x3_bias_relu: each pass by the algorithm the caller names
+// (csrc/cpu/conv_algorithm.h; unet_fast/tuning.py measures which is fastest here), with buffers
 // from the pool, and the backward's one pass that masks the gradient by the saved output and
 // sums it per channel for the bias. Channel sums are added in a fixed order of row chunks, so
 // they do not depend on the thread count.
@@ -12,8 +13,8 @@
 #include "../common/relu.h"
 #include "../conv3x3.h"
 #include "buffer_pool.h"
+#include "conv_algorithm.h"
 #include "precision.h"
-#include "target_clones.h"
 #include "winograd.h"
 
 namespace unet_fast {
@@ -66,17 +67,6 @@ at::Tensor relu_grad_and_bias_sum_cpu(const at::Tensor& grad, const at::Tensor& 
   return masked;
 }
 
-// oneDNN's channels_last weight gradient is fast with AVX-512; without it, it is not (on an
-// AVX2 machine, 64 -> 64 at 570x570: 1.03 s channels_last, 0.36 s NCHW; 256 -> 256 at 138:
-// 0.69 s, 0.26 s), while its channels_last data gradient stays the faster.
-at::MemoryFormat weight_grad_layout() {
-#if defined(__x86_64__)
-  return cpu_has_avx512() ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-#else
-  return at::MemoryFormat::ChannelsLast;
-#endif
-}
-
 // oneDNN's convolution with the ReLU as its post-op (torch's mkldnn::_convolution_pointwise):
 // the same values as the convolution and then relu_, without the second pass over the output
 // (bf16 64 -> 64 at 570: 24 against 34 ms; fp32: the same). oneDNN types only, with the bias in
@@ -97,49 +87,106 @@ at::Tensor conv3x3_relu_fused(const at::Tensor& x, const at::Tensor& weight, con
                      c10::List<std::optional<at::Scalar>>(), std::nullopt);
 }
 
-// The backward's convolutions by Winograd where it pays; the data gradient is the full
-// convolution of the masked gradient, from C_out to C_in channels.
-struct WinogradGrads {
-  at::Tensor data(const at::Tensor& grad, const at::Tensor& weight) const {
-    const int block = winograd_block(WinogradPass::kDataGrad, grad.scalar_type(), grad.size(0), weight.size(0),
-                                     weight.size(1), grad.size(2) + 2, grad.size(3) + 2);
-    return block ? winograd_conv3x3_data_grad(grad, weight, block) : at::Tensor();
-  }
-  at::Tensor weight(const at::Tensor& grad, const at::Tensor& x) const {
-    const int block = winograd_block(WinogradPass::kWeightGrad, grad.scalar_type(), grad.size(0), x.size(1),
-                                     grad.size(1), grad.size(2), grad.size(3));
-    return block ? winograd_conv3x3_weight_grad(grad, x, block) : at::Tensor();
-  }
-};
+// The weight gradient of a layer with few input channels (the U-Net's first, 1 -> 64) as one
+// batched GEMM of the gradient with the unfolded input patches (9 C_in values a pixel), bound by
+// reading the gradient once; the vendor's ran at a few GFLOP/s there.
+at::Tensor weight_grad_by_unfolding(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight) {
+  // Operands as they lie in memory (the GEMM is fast with the long K dimension unit-strided
+  // in the first and rows of the second): patches (N, 9 C_in, L), gradient (N, L, C_out).
+  const at::Tensor patches = at::im2col(x, {3, 3}, {1, 1}, {0, 0}, {1, 1});
+  const at::Tensor pixels_by_channel = grad.permute({0, 2, 3, 1}).reshape({grad.size(0), -1, grad.size(1)});
+  const at::Tensor per_image = at::bmm(patches, pixels_by_channel);  // (N, 9 C_in, C_out)
+  return per_image.sum(0).t().reshape(weight.sizes());
+}
 
-at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight,
-                                 const std::optional<at::Tensor>& bias, bool relu) {
+constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
+
+at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
+                      const ConvAlgorithm& algorithm) {
+  if (algorithm.in_float) {
+    ConvAlgorithm in_fp32 = algorithm;
+    in_fp32.in_float = false;
+    return forward_by(x.to(at::kFloat), weight.to(at::kFloat), in_float(bias), relu, in_fp32).to(x.scalar_type());
+  }
+  switch (algorithm.method) {
+    case ConvMethod::kWinograd:
+      return winograd_conv3x3(x, weight, bias, relu, algorithm.block);
+    case ConvMethod::kNchw:
+      return conv3x3_forward(x, weight, bias, relu, at::MemoryFormat::Contiguous).contiguous(kChannelsLast);
+    case ConvMethod::kNnpack: {
+      at::Tensor out = at::_nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, {0, 0}, {1, 1});
+      return (relu ? out.relu_() : out).contiguous(kChannelsLast);
+    }
+    default:
+      return relu ? conv3x3_relu_fused(x, weight, bias) : conv3x3_forward(x, weight, bias, false);
+  }
+}
+
+// The gradient of x from the masked, channels_last output gradient.
+at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                        const ConvAlgorithm& algorithm) {
+  if (algorithm.in_float) {
+    ConvAlgorithm in_fp32 = algorithm;
+    in_fp32.in_float = false;
+    // x's values are not read for its own gradient, only its shape: no copy of them
+    const at::Tensor x_shape = at::empty(x.sizes(), x.options().dtype(at::kFloat).memory_format(kChannelsLast));
+    return data_grad_by(grad.to(at::kFloat), x_shape, weight.to(at::kFloat), in_fp32).to(grad.scalar_type());
+  }
+  switch (algorithm.method) {
+    case ConvMethod::kWinograd:
+      return winograd_conv3x3_data_grad(grad, weight, algorithm.block);
+    case ConvMethod::kNchw:
+      return vendor_conv3x3_grads(grad, x, weight, true, false, at::MemoryFormat::Contiguous)
+          .first.contiguous(kChannelsLast);
+    default:
+      return vendor_conv3x3_grads(grad, x, weight, true, false, kChannelsLast).first;
+  }
+}
+
+// The gradient of the weight, with the weight's strides, from the masked output gradient.
+at::Tensor weight_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                          const ConvAlgorithm& algorithm) {
+  if (algorithm.in_float) {
+    ConvAlgorithm in_fp32 = algorithm;
+    in_fp32.in_float = false;
+    return weight_grad_by(grad.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), in_fp32)
+        .to(weight.scalar_type());
+  }
+  switch (algorithm.method) {
+    case ConvMethod::kWinograd:
+      return in_weight_layout(winograd_conv3x3_weight_grad(grad, x, algorithm.block), weight);
+    case ConvMethod::kUnfold:
+      return in_weight_layout(weight_grad_by_unfolding(grad, x, weight), weight);
+    case ConvMethod::kNchw:
+      return in_weight_layout(
+          vendor_conv3x3_grads(grad, x, weight, false, true, at::MemoryFormat::Contiguous).second, weight);
+    default:
+      return in_weight_layout(vendor_conv3x3_grads(grad, x, weight, false, true, kChannelsLast).second, weight);
+  }
+}
+
+at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 bool relu, c10::string_view algorithm) {
   const PooledAllocations pooled;
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   check_conv3x3_args(x, weight, bias);
-  if (emulated_by_onednn(x.scalar_type())) {  // computed in fp32, rounded once at the end
-    return conv3x3_bias_relu_cpu(x.to(at::kFloat), weight.to(at::kFloat), in_float(bias), relu).to(x.scalar_type());
-  }
-  if (const int block = winograd_block(WinogradPass::kForward, x.scalar_type(), x.size(0), x.size(1),
-                                       weight.size(0), x.size(2) - 2, x.size(3) - 2)) {
-    return winograd_conv3x3(x, weight, bias, relu, block);
-  }
-  return relu ? conv3x3_relu_fused(x, weight, bias) : conv3x3_forward(x, weight, bias, false);
+  return forward_by(x, weight, bias, relu, parse_conv_algorithm(algorithm, ConvPass::kForward, x.scalar_type()));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask) {
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& out,
+    std::array<bool, 3> output_mask, c10::string_view data_algorithm, c10::string_view weight_algorithm) {
   const PooledAllocations pooled;
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  if (emulated_by_onednn(grad_out.scalar_type())) {
-    const auto dtype = grad_out.scalar_type();
-    auto [grad_x, grad_weight, grad_bias] = conv3x3_bias_relu_backward_cpu(
-        grad_out.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), in_float(out), output_mask);
-    return {to_dtype(grad_x, dtype), to_dtype(grad_weight, dtype), to_dtype(grad_bias, dtype)};
-  }
-  return conv3x3_backward_with(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cpu,
-                               WinogradGrads{}, weight_grad_layout());
+  const auto dtype = grad_out.scalar_type();
+  const ConvAlgorithm for_data = parse_conv_algorithm(data_algorithm, ConvPass::kDataGrad, dtype);
+  const ConvAlgorithm for_weight = parse_conv_algorithm(weight_algorithm, ConvPass::kWeightGrad, dtype);
+  const auto [grad, grad_bias] =
+      masked_grad_and_bias_grad(grad_out, weight, out, output_mask[2], relu_grad_and_bias_sum_cpu);
+  at::Tensor grad_x, grad_weight;
+  if (output_mask[0]) grad_x = data_grad_by(grad, x, weight, for_data);
+  if (output_mask[1]) grad_weight = weight_grad_by(grad, x, weight, for_weight);
+  return {grad_x, grad_weight, grad_bias};
 }
 
 }  // namespace

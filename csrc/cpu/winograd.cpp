@@ -13,9 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -30,34 +28,6 @@ namespace {
 // 0.71-0.75 s against 0.76-0.77 with 16 MB, builds alternated).
 constexpr int64_t kBudgetBytes = 16 << 20;
 constexpr int64_t kBf16BudgetBytes = 32 << 20;
-// Below these the direct convolution wins or ties (measured forward, data and weight gradients,
-// layers of 16 to 1024 channels at 9 to 20449 blocks: docs/winograd.md): too little work a
-// call to pay for the transforms, and, forward and data gradient of narrow layers, too little
-// arithmetic per byte the transforms move (16 channels at 570: 0.5x on AVX2, 1x on AVX-512).
-// Wide layers, and every weight gradient, pay from fewer blocks.
-constexpr int64_t kWeightGradMinChannels = 16;
-constexpr int64_t kMinChannels = 64;
-constexpr int64_t kMinChannelsAvx512 = 32;  // AVX-512 transforms: 32 channels at 570 win 1.4x
-constexpr int64_t kMinTiles = 64;
-constexpr int64_t kFewTiles = 36;  // enough for layers this wide, and for weight gradients
-constexpr int64_t kWideChannels = 512;
-// F(6x6, 3x3) takes 64 products per 36 outputs where F(4x4, 3x3) takes 36 per 16 (0.79x the
-// GEMM work, and 0.79x the transformed data), but its weight transform is 1.78x as large and
-// its 8x8 transforms cost more a value, so it wins (by 5-25%) only on outputs of many 6x6
-// blocks whose transformed tiles outweigh the transformed weights, and, with AVX-512 (where the
-// GEMMs are faster against the transforms), not on layers narrower than 128 channels.
-constexpr int64_t kMinLargeTiles = 100;
-constexpr int64_t kLargeMinChannelsAvx512 = 128;
-// bf16 (only where oneDNN runs it natively: AMX or AVX-512 bf16) takes F(2x2, 3x3) with bf16
-// GEMMs and float transforms for the forward of layers this wide whose transformed tiles
-// outweigh the transformed weights (1.15-1.8x oneDNN's bf16 convolution), and for the data
-// gradient of layers of 512 and 1024 channels with kMinTiles blocks of 4x4 (1.1-1.2x);
-// elsewhere oneDNN's bf16 kernels win or tie (its weight gradient everywhere). Never F(4x4) or
-// F(6x6): their larger points cost bf16 too much accuracy.
-constexpr int64_t kBf16MinChannels = 256;
-constexpr int64_t kBf16DataGradChannels = 512;
-constexpr int64_t kBf16DataGradWidest = 1024;
-
 // The matrices of F(m x m, 3x3): B^T (tile x tile), G (tile x 3) and A^T (m x tile), for the
 // interpolation points 0, +-1 (m = 2), then +-2 (m = 4), then +-1/2 (m = 6), and infinity.
 template <int M>
@@ -313,12 +283,6 @@ UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int6
   }
 }
 
-// Whether a pass's transformed tiles (in and out) hold at least as many values as its
-// transformed weights: below that the weight transform, redone every call, is not paid back.
-bool tiles_outweigh_weights(int64_t tiles, int64_t c_in, int64_t c_out) {
-  return tiles * (c_in + c_out) >= c_in * c_out;
-}
-
 // Image, first output row and first output column of a tile's output block.
 struct TilePosition {
   int64_t image, y, x;
@@ -522,57 +486,7 @@ at::Tensor with_block(int block, Fn&& fn) {
   TORCH_CHECK(false, "Winograd block must be 2, 4 or 6, got ", block);
 }
 
-int bf16_winograd_block(WinogradPass pass, int64_t images, int64_t c_in, int64_t c_out, int64_t out_h,
-                        int64_t out_w) {
-  const int64_t narrowest = std::min(c_in, c_out), widest = std::max(c_in, c_out);
-  switch (pass) {
-    case WinogradPass::kForward:
-      return narrowest >= kBf16MinChannels &&
-                     tiles_outweigh_weights(TileGrid(2, images, out_h, out_w).tiles(), c_in, c_out)
-                 ? 2
-                 : 0;
-    case WinogradPass::kDataGrad:
-      return narrowest >= kBf16DataGradChannels && widest >= kBf16DataGradWidest &&
-                     TileGrid(4, images, out_h, out_w).tiles() >= kMinTiles
-                 ? 2
-                 : 0;
-    case WinogradPass::kWeightGrad:
-      return 0;
-  }
-  return 0;
-}
-
 }  // namespace
-
-int winograd_block(WinogradPass pass, at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out,
-                   int64_t out_h, int64_t out_w) {
-  const bool bf16 = dtype == at::kBFloat16;
-  if (dtype != at::kFloat && dtype != at::kDouble && !bf16) return 0;
-  if (const char* setting = std::getenv("UNET_FAST_WINOGRAD"); setting && *setting) {
-    const std::string value(setting);
-    TORCH_CHECK(value == "0" || value == "1" || value == "2" || value == "4" || value == "6",
-                "UNET_FAST_WINOGRAD must be 0, 1, 2, 4 or 6 (off, the measured rule, or that output block for "
-                "every fp32/fp64 pass, and 2 for bf16 ones too), got '", value, "'");
-    if (value != "1") {
-      const int block = std::stoi(value);
-      return bf16 && block != 2 ? 0 : block;
-    }
-  }
-  if (bf16) return bf16_winograd_block(pass, images, c_in, c_out, out_h, out_w);
-  const bool weight_grad = pass == WinogradPass::kWeightGrad;
-  const bool avx512 = cpu_has_avx512();
-  const bool wide = c_in >= kWideChannels && c_out >= kWideChannels;
-  const int64_t narrowest = std::min(c_in, c_out);
-  const int64_t min_channels = weight_grad ? kWeightGradMinChannels : avx512 ? kMinChannelsAvx512 : kMinChannels;
-  const bool pays = narrowest >= min_channels &&
-                    TileGrid(4, images, out_h, out_w).tiles() >= (weight_grad || wide ? kFewTiles : kMinTiles);
-  if (!pays) return 0;
-  const int64_t large_tiles = TileGrid(6, images, out_h, out_w).tiles();
-  const bool large_pays = large_tiles >= kMinLargeTiles &&
-                          (!avx512 || narrowest >= kLargeMinChannelsAvx512) &&
-                          tiles_outweigh_weights(large_tiles, c_in, c_out);
-  return large_pays ? 6 : 4;
-}
 
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             bool relu, int block) {

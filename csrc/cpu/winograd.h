@@ -10,18 +10,6 @@
 
 namespace unet_fast {
 
-enum class WinogradPass { kForward, kDataGrad, kWeightGrad };
-
-// The output block m of the Winograd F(m x m, 3x3) that one pass of a 3x3 convolution of
-// `images` images from c_in to c_out channels with an out_h x out_w output is best done by, or
-// 0 for the direct convolution: the rule measured in docs/winograd.md, for fp32, fp64 and bf16
-// (F(2x2) only; asked only where oneDNN runs bf16 natively). UNET_FAST_WINOGRAD=0 turns
-// Winograd off, =2, 4 or 6 takes that block for every fp32/fp64 pass (2 also for every bf16
-// one; 4 and 6 leave bf16 direct), to measure; =1 (or unset) is the rule.
-// For the data gradient, the convolution is the full one from c_out to c_in channels.
-int winograd_block(WinogradPass pass, at::ScalarType dtype, int64_t images, int64_t c_in, int64_t c_out,
-                   int64_t out_h, int64_t out_w);
-
 // relu(conv3x3(x, weight) + bias) (the ReLU if `relu`), channels_last, computed tile by tile
 // in the Winograd domain of F(block x block, 3x3) with at most a fixed budget of transform
 // buffers.

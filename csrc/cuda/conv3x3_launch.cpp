@@ -23,18 +23,18 @@ at::Tensor relu_grad_and_bias_sum_cuda(const at::Tensor& grad, const at::Tensor&
   return masked;
 }
 
+// cuDNN chooses its own algorithms: the CPU's algorithm names are ignored here.
 at::Tensor conv3x3_bias_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                  const std::optional<at::Tensor>& bias, bool relu) {
+                                  const std::optional<at::Tensor>& bias, bool relu, c10::string_view) {
   const c10::cuda::CUDAGuard guard(x.device());
   return conv3x3_forward(x, weight, bias, relu);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask) {
+    const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask, c10::string_view, c10::string_view) {
   const c10::cuda::CUDAGuard guard(grad_out.device());
-  return conv3x3_backward_with(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cuda,
-                               VendorConvGrads{});
+  return vendor_conv3x3_backward(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cuda);
 }
 
 }  // namespace

@@ -4,8 +4,9 @@ optional ReLU in one op, the building block of every U-Net stage.
 The output is channels_last, the layout in which oneDNN's CPU convolutions run fastest. The
 backward masks the incoming gradient with the saved output (``out > 0`` exactly where the
 pre-activation was positive, so none is kept) and sums it for the bias in the same pass; the
-data and weight gradients come from the vendor's convolution backward, each only if needed.
-Under ``torch.autocast`` the op runs in the autocast dtype, as ``F.conv2d`` does.
+data and weight gradients are computed each only if needed. On the CPU each pass runs by the
+algorithm :mod:`unet_fast.tuning` measured fastest for its shape on this machine. Under
+``torch.autocast`` the op runs in the autocast dtype, as ``F.conv2d`` does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from torch._subclasses.fake_tensor import is_fake
+
+from unet_fast import tuning
 from unet_fast.ops import backends
 from unet_fast.ops._checks import check_same_device_and_dtype, check_tensor
 
@@ -34,14 +38,63 @@ def conv3x3_bias_relu(
     chosen = resolve_conv_backend(backend, x.device)
     if chosen == "torch":
         return conv3x3_bias_relu_composite(x, weight, bias, relu)
-    if chosen == "triton":
+    return forward_on(chosen, x, weight, bias, relu)
+
+
+def forward_on(backend: str, x, weight, bias, relu):
+    """The custom op of a kernel backend ("cpu", "cuda" or "triton")."""
+    if backend == "triton":
         return torch.ops.unet_fast.conv3x3_bias_relu_triton(x, weight, bias, relu)
-    return torch.ops.unet_fast.conv3x3_bias_relu(x, weight, bias, relu)
+    if backend == "cuda":
+        return torch.ops.unet_fast.conv3x3_bias_relu(x, weight, bias, relu)
+    return tuned(torch.ops.unet_fast.conv3x3_bias_relu, tuning.ConvShape.of("forward", x, weight), x, weight, bias,
+                 relu)
 
 
-@torch.compiler.assume_constant_result
+def backward_on(backend: str, grad_out, x, weight, out, output_mask):
+    """The backward op of a kernel backend ("cpu", "cuda" or "triton")."""
+    if backend == "triton":
+        return torch.ops.unet_fast.conv3x3_bias_relu_triton_backward(grad_out, x, weight, out, output_mask)
+    if backend == "cuda":
+        return torch.ops.unet_fast.conv3x3_bias_relu_backward(grad_out, x, weight, out, output_mask)
+    return tuned_backward(grad_out, x, weight, out, output_mask)
+
+
+@backends.constant_when_compiled
 def resolve_conv_backend(backend, device):
     return backends.resolve_backend("conv3x3_bias_relu", backend, device)
+
+
+def tuned(op, shape: tuning.ConvShape, *args):
+    """``op(*args, algorithm)`` by this forward's tuned algorithm (measured on its first calls);
+    under torch.compile by the algorithm settled when it traced."""
+    if torch.compiler.is_compiling():
+        return op(*args, compiled_algorithm(*vars(shape).values()))
+    return tuning.run(shape, lambda algorithm: op(*args, algorithm), can_measure=not is_fake(args[0]))
+
+
+@backends.constant_when_compiled
+def compiled_algorithm(kind, dtype, images, c_in, c_out, out_h, out_w) -> str:
+    return tuning.settled(tuning.ConvShape(kind, dtype, images, c_in, c_out, out_h, out_w)).algorithm
+
+
+def tuned_backward(grad_out, x, weight, out, output_mask):
+    """The CPU backward, each convolution pass by its tuned algorithm."""
+    op = torch.ops.unet_fast.conv3x3_bias_relu_backward
+    data, weights = tuning.ConvShape.of("data_grad", x, weight), tuning.ConvShape.of("weight_grad", x, weight)
+    if torch.compiler.is_compiling():
+        return op(grad_out, x, weight, out, output_mask, compiled_algorithm(*vars(data).values()),
+                  compiled_algorithm(*vars(weights).values()))
+    passes = []
+    if output_mask[0]:
+        passes.append((data, lambda a: op(grad_out, x, weight, out, [True, False, output_mask[2]], a, "direct")))
+    if output_mask[1]:
+        passes.append((weights, lambda a: op(grad_out, x, weight, out, [False, True, False], "direct", a)))
+
+    def together(algorithms):
+        return op(grad_out, x, weight, out, output_mask, algorithms.get(data, "direct"), algorithms.get(weights, "direct"))
+
+    return tuning.run_backward(passes, together, can_measure=not is_fake(grad_out))
 
 
 def conv3x3_bias_relu_composite(x, weight, bias, relu):
@@ -89,11 +142,11 @@ def new_conv_output(x, weight):
     return x.new_empty((n, weight.shape[0], h - 2, w - 2)).contiguous(memory_format=torch.channels_last)
 
 
-def _fake(x, weight, bias, relu):
+def _fake(x, weight, bias, relu, algorithm="direct"):
     return new_conv_output(x, weight)
 
 
-def _fake_backward(grad_out, x, weight, out, output_mask):
+def _fake_backward(grad_out, x, weight, out, output_mask, data_algorithm="direct", weight_algorithm="direct"):
     grad_x = torch.empty_like(x, memory_format=torch.channels_last) if output_mask[0] else None
     grad_weight = torch.empty_like(weight) if output_mask[1] else None
     grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else None
@@ -101,7 +154,7 @@ def _fake_backward(grad_out, x, weight, out, output_mask):
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, relu = inputs
+    x, weight, bias, relu = inputs[:4]
     ctx.save_for_backward(x, weight, output if relu else None)
     ctx.has_bias = bias is not None
 
@@ -118,6 +171,7 @@ def _register(forward_op, backward_op) -> None:
     torch.library.register_fake(forward_op)(_fake)
     torch.library.register_fake(backward_op)(_fake_backward)
     torch.library.register_autograd(forward_op, backward, setup_context=_setup_context)
+
 
 
 @torch.library.custom_op("unet_fast::conv3x3_bias_relu_triton", mutates_args=())
@@ -154,4 +208,14 @@ def _conv3x3_bias_relu_triton_backward(grad_out, x, weight, out, output_mask):
 
 _register(_conv3x3_bias_relu_triton, _conv3x3_bias_relu_triton_backward)
 if backends.extension_loaded():
-    _register(torch.ops.unet_fast.conv3x3_bias_relu.default, torch.ops.unet_fast.conv3x3_bias_relu_backward.default)
+    # one op for the CPU and CUDA kernels: the CPU's backward by tuned algorithms, CUDA's by cuDNN's
+    _forward, _backward = torch.ops.unet_fast.conv3x3_bias_relu.default, torch.ops.unet_fast.conv3x3_bias_relu_backward.default
+    torch.library.register_fake(_forward)(_fake)
+    torch.library.register_fake(_backward)(_fake_backward)
+
+    def _extension_backward(ctx, grad_out):
+        x, weight, out = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        return (*backward_on(grad_out.device.type, grad_out, x, weight, out, mask), None, None)
+
+    torch.library.register_autograd(_forward, _extension_backward, setup_context=_setup_context)

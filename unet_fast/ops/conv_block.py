@@ -13,20 +13,15 @@ import torch
 
 from unet_fast.ops.conv import (
     autocast_inputs,
+    backward_on,
     check_conv_args,
     check_filter,
     conv3x3_bias_relu_composite,
+    forward_on,
     resolve_conv_backend,
 )
 
 __all__ = ["conv3x3_block"]
-
-# (forward op, backward op) per backend of conv3x3_bias_relu.
-_OPS = {
-    "triton": ("conv3x3_bias_relu_triton", "conv3x3_bias_relu_triton_backward"),
-    "cpu": ("conv3x3_bias_relu", "conv3x3_bias_relu_backward"),
-    "cuda": ("conv3x3_bias_relu", "conv3x3_bias_relu_backward"),
-}
 
 
 def conv3x3_block(
@@ -50,28 +45,28 @@ def conv3x3_block(
     if chosen == "torch":
         inner = conv3x3_bias_relu_composite(x, weight1, bias1, True)
         return conv3x3_bias_relu_composite(inner, weight2, bias2, final_relu)
-    forward_op, backward_op = (getattr(torch.ops.unet_fast, name) for name in _OPS[chosen])
-    return _RecomputedBlock.apply(x, weight1, bias1, weight2, bias2, final_relu, forward_op, backward_op)
+    return _RecomputedBlock.apply(x, weight1, bias1, weight2, bias2, final_relu, chosen)
 
 
 class _RecomputedBlock(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2, final_relu, forward_op, backward_op):
-        inner = forward_op(x, weight1, bias1, True)
-        out = forward_op(inner, weight2, bias2, final_relu)
+    def forward(ctx, x, weight1, bias1, weight2, bias2, final_relu, backend):
+        inner = forward_on(backend, x, weight1, bias1, True)
+        out = forward_on(backend, inner, weight2, bias2, final_relu)
         ctx.save_for_backward(x, weight1, bias1, weight2, bias2, out)
-        ctx.final_relu, ctx.forward_op, ctx.backward_op = final_relu, forward_op, backward_op
+        ctx.final_relu, ctx.backend = final_relu, backend
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight1, bias1, weight2, bias2, out = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        inner = ctx.forward_op(x, weight1, bias1, True)
-        grad_inner, grad_weight2, grad_bias2 = ctx.backward_op(
-            grad_out, inner, weight2, out if ctx.final_relu else None, [True, needs[3], bias2 is not None and needs[4]]
+        inner = forward_on(ctx.backend, x, weight1, bias1, True)
+        grad_inner, grad_weight2, grad_bias2 = backward_on(
+            ctx.backend, grad_out, inner, weight2, out if ctx.final_relu else None,
+            [True, needs[3], bias2 is not None and needs[4]]
         )
-        grad_x, grad_weight1, grad_bias1 = ctx.backward_op(
-            grad_inner, x, weight1, inner, [needs[0], needs[1], bias1 is not None and needs[2]]
+        grad_x, grad_weight1, grad_bias1 = backward_on(
+            ctx.backend, grad_inner, x, weight1, inner, [needs[0], needs[1], bias1 is not None and needs[2]]
         )
-        return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2, None, None, None
+        return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2, None, None

@@ -7,16 +7,25 @@ without keeping the concatenated tensor.
 - cpu, cuda: the join is built for the vendor convolution and dropped at once; the backward
   builds it again for the weight's gradient (one copy, a few percent of the convolution)
   instead of keeping it alive from forward to backward (``up`` is kept instead: half the
-  channels), and computes the inputs' gradients per source.
+  channels), and computes the inputs' gradients per source (csrc/crop_concat_conv.h).
 - torch: the composite of stock ops, the reference.
 """
 
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
+from unet_fast import tuning
 from unet_fast.ops import backends
-from unet_fast.ops.conv import autocast_inputs, new_conv_output, check_filter, conv3x3_bias_relu_composite
+from unet_fast.ops.conv import (
+    autocast_inputs,
+    check_filter,
+    compiled_algorithm,
+    conv3x3_bias_relu_composite,
+    new_conv_output,
+    tuned,
+)
 from unet_fast.ops.crop_concat import center_crop_offset, check_join_args, crop_concat_composite
 
 __all__ = ["crop_concat_conv3x3"]
@@ -41,19 +50,57 @@ def crop_concat_conv3x3(
         return conv3x3_bias_relu_composite(crop_concat_composite(up, skip), weight, bias, relu)
     if chosen == "triton":
         return torch.ops.unet_fast.crop_concat_conv3x3_triton(up, skip, weight, bias, relu)
-    return torch.ops.unet_fast.crop_concat_conv3x3(up, skip, weight, bias, relu)
+    if chosen == "cuda":
+        return torch.ops.unet_fast.crop_concat_conv3x3(up, skip, weight, bias, relu)
+    return tuned(torch.ops.unet_fast.crop_concat_conv3x3, _join_shape("forward", up, skip, weight),
+                 up, skip, weight, bias, relu)
 
 
-@torch.compiler.assume_constant_result
+def _join_shape(kind, up, skip, weight) -> tuning.ConvShape:
+    """A pass of the convolution of the join (up's size, the channels of both)."""
+    n, c_up, h, w = up.shape
+    return tuning.ConvShape(kind, str(up.dtype).removeprefix("torch."), int(n), int(c_up + skip.shape[1]),
+                            int(weight.shape[0]), int(h) - 2, int(w) - 2)
+
+
+def _tuned_backward(grad_out, up, skip, weight, out, output_mask):
+    """The CPU backward, each of its three convolution passes by its tuned algorithm: the data
+    gradients of the up part (C_out -> Cu) and of the skip part (C_out -> Cs), and the weight's."""
+    op = torch.ops.unet_fast.crop_concat_conv3x3_backward
+    up_channels = up.shape[1]
+    up_pass = tuning.ConvShape.of("data_grad", up, weight[:, :up_channels])
+    skip_pass = tuning.ConvShape.of("data_grad", _window(up, skip, crop=True), weight[:, up_channels:])
+    weight_pass = _join_shape("weight_grad", up, skip, weight)
+    if torch.compiler.is_compiling():
+        return op(grad_out, up, skip, weight, out, output_mask,
+                  *(compiled_algorithm(*vars(p).values()) for p in (up_pass, skip_pass, weight_pass)))
+    passes = []
+    if output_mask[0]:
+        passes.append((up_pass, lambda a: op(grad_out, up, skip, weight, out, [True, False, False, False], a)))
+    if output_mask[1]:
+        passes.append((skip_pass, lambda a: op(grad_out, up, skip, weight, out, [False, True, False, False],
+                                               "direct", a)))
+    if output_mask[2] or output_mask[3]:
+        passes.append((weight_pass, lambda a: op(grad_out, up, skip, weight, out, [False, False, *output_mask[2:]],
+                                                 "direct", "direct", a)))
+
+    def together(algorithms):
+        return op(grad_out, up, skip, weight, out, output_mask, *(algorithms.get(p, "direct") for p in
+                                                                   (up_pass, skip_pass, weight_pass)))
+
+    return tuning.run_backward(passes, together, can_measure=not is_fake(grad_out))
+
+
+@backends.constant_when_compiled
 def _resolve(backend, device):
     return backends.resolve_backend("crop_concat_conv3x3", backend, device)
 
 
-def _fake(up, skip, weight, bias, relu):
+def _fake(up, skip, weight, bias, relu, algorithm="direct"):
     return new_conv_output(up, weight)
 
 
-def _fake_backward(grad_out, up, skip, weight, out, output_mask):
+def _fake_backward(grad_out, up, skip, weight, out, output_mask, *algorithms):
     channels_last = dict(memory_format=torch.channels_last)
     grads = (torch.empty_like(up, **channels_last), torch.empty_like(skip, **channels_last),
              torch.empty_like(weight), weight.new_empty(weight.shape[0]))
@@ -61,7 +108,7 @@ def _fake_backward(grad_out, up, skip, weight, out, output_mask):
 
 
 def _setup_context(ctx, inputs, output):
-    up, skip, weight, bias, relu = inputs
+    up, skip, weight, bias, relu = inputs[:5]
     ctx.save_for_backward(up, skip, weight, output if relu else None)
     ctx.has_bias = bias is not None
 
@@ -83,38 +130,6 @@ _BACKWARD_SCHEMA = (
     "(Tensor grad_out, Tensor up, Tensor skip, Tensor weight, Tensor? out, bool[4] output_mask) "
     "-> (Tensor, Tensor, Tensor, Tensor)"  # a gradient not asked for is None
 )
-
-
-@torch.library.custom_op("unet_fast::crop_concat_conv3x3", mutates_args=(), device_types=("cpu", "cuda"))
-def _crop_concat_conv3x3(
-    up: torch.Tensor, skip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool
-) -> torch.Tensor:
-    joined = torch.ops.unet_fast.crop_concat(up, skip)
-    return torch.ops.unet_fast.conv3x3_bias_relu(joined, weight, bias, relu)
-
-
-@torch.library.custom_op(
-    "unet_fast::crop_concat_conv3x3_backward", mutates_args=(), device_types=("cpu", "cuda"), schema=_BACKWARD_SCHEMA
-)
-def _crop_concat_conv3x3_backward(grad_out, up, skip, weight, out, output_mask):
-    """The weight's gradient needs the join, rebuilt and dropped; the inputs' gradients are two
-    convolutions over the two channel ranges of the weight, so no gradient of the whole join
-    exists either (at the 572 dec4 join that keeps 79 MB off the step's peak)."""
-    backward = torch.ops.unet_fast.conv3x3_bias_relu_backward
-    grad_up = grad_skip = grad_weight = grad_bias = None
-    if output_mask[2] or output_mask[3]:
-        joined = torch.ops.unet_fast.crop_concat(up, skip)
-        _, grad_weight, grad_bias = backward(grad_out, joined, weight, out, [False, output_mask[2], output_mask[3]])
-        del joined
-    up_channels = up.shape[1]
-    if output_mask[0]:
-        grad_up = backward(grad_out, up, weight[:, :up_channels], out, [True, False, False])[0]
-    if output_mask[1]:
-        top, left = _window(up, skip)
-        window = skip[:, :, top : top + up.shape[2], left : left + up.shape[3]]
-        grad_window = backward(grad_out, window, weight[:, up_channels:], out, [True, False, False])[0]
-        grad_skip = torch.ops.unet_fast.crop_concat_backward(grad_window, 0, skip.shape[2], skip.shape[3])
-    return grad_up, grad_skip, grad_weight, grad_bias
 
 
 @torch.library.custom_op("unet_fast::crop_concat_conv3x3_triton", mutates_args=())
@@ -148,11 +163,26 @@ def _crop_concat_conv3x3_triton_backward(grad_out, up, skip, weight, out, output
             grad_weight if output_mask[2] else None, grad_bias)
 
 
-def _window(up, skip):
-    """(top, left) of the centre window of skip that up's size takes."""
-    return center_crop_offset(skip.shape[2], up.shape[2]), center_crop_offset(skip.shape[3], up.shape[3])
+def _window(up, skip, crop=False):
+    """(top, left) of the centre window of skip that up's size takes; the window itself if `crop`."""
+    top, left = center_crop_offset(skip.shape[2], up.shape[2]), center_crop_offset(skip.shape[3], up.shape[3])
+    if crop:
+        return skip[:, :, top : top + up.shape[2], left : left + up.shape[3]]
+    return top, left
 
 
 _register(_crop_concat_conv3x3_triton, _crop_concat_conv3x3_triton_backward)
 if backends.extension_loaded():
-    _register(_crop_concat_conv3x3, _crop_concat_conv3x3_backward)
+    # one op for the CPU and CUDA kernels: the CPU's backward by tuned algorithms, CUDA's by cuDNN's
+    _forward = torch.ops.unet_fast.crop_concat_conv3x3.default
+    _backward = torch.ops.unet_fast.crop_concat_conv3x3_backward.default
+    torch.library.register_fake(_forward)(_fake)
+    torch.library.register_fake(_backward)(_fake_backward)
+
+    def _extension_backward(ctx, grad_out):
+        up, skip, weight, out = ctx.saved_tensors
+        mask = [*ctx.needs_input_grad[:3], ctx.has_bias and ctx.needs_input_grad[3]]
+        by = _tuned_backward if grad_out.device.type == "cpu" else _backward
+        return (*by(grad_out, up, skip, weight, out, mask), None, None)
+
+    torch.library.register_autograd(_forward, _extension_backward, setup_context=_setup_context)

@@ -1,0 +1,69 @@
+// Names of the CPU 3x3 convolution's algorithms (csrc/cpu/conv_algorithm.h), and which pass
+// and dtype each can run.
+#include "conv_algorithm.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace unet_fast {
+namespace {
+
+constexpr std::string_view kFloatPrefix = "float:";
+
+const char* pass_name(ConvPass pass) {
+  switch (pass) {
+    case ConvPass::kForward:
+      return "forward";
+    case ConvPass::kDataGrad:
+      return "data gradient";
+    case ConvPass::kWeightGrad:
+      return "weight gradient";
+  }
+  return "";
+}
+
+ConvAlgorithm parse_method(std::string_view name, ConvPass pass, at::ScalarType dtype, std::string_view full) {
+  const bool reduced = dtype == at::kBFloat16 || dtype == at::kHalf;
+  ConvAlgorithm algorithm;
+  if (name == "direct") {
+    algorithm.method = ConvMethod::kDirect;
+  } else if (name == "nchw") {
+    algorithm.method = ConvMethod::kNchw;
+  } else if (name == "winograd2" || name == "winograd4" || name == "winograd6") {
+    algorithm.method = ConvMethod::kWinograd;
+    algorithm.block = name.back() - '0';
+    TORCH_CHECK(dtype != at::kHalf && (dtype != at::kBFloat16 || algorithm.block == 2),
+                "conv3x3 algorithm '", full, "' does not run in ", dtype,
+                (dtype == at::kBFloat16 ? " (bf16 takes winograd2, or float:winograd4/6)" : " (try float:)"));
+  } else if (name == "unfold") {
+    algorithm.method = ConvMethod::kUnfold;
+    TORCH_CHECK(pass == ConvPass::kWeightGrad && !reduced, "conv3x3 algorithm '", full,
+                "' computes fp32/fp64 weight gradients only, not the ", pass_name(pass), " in ", dtype);
+  } else if (name == "nnpack") {
+    algorithm.method = ConvMethod::kNnpack;
+    TORCH_CHECK(pass == ConvPass::kForward && dtype == at::kFloat && at::_nnpack_available(), "conv3x3 algorithm '",
+                full, "' computes fp32 forwards only, where torch has NNPACK; not the ", pass_name(pass), " in ",
+                dtype);
+  } else {
+    TORCH_CHECK(false, "unknown conv3x3 algorithm '", full,
+                "': expected direct, nchw, winograd2, winograd4, winograd6, unfold, nnpack, or float:NAME for "
+                "bf16/fp16");
+  }
+  return algorithm;
+}
+
+}  // namespace
+
+ConvAlgorithm parse_conv_algorithm(std::string_view name, ConvPass pass, at::ScalarType dtype) {
+  if (name.substr(0, kFloatPrefix.size()) == kFloatPrefix) {
+    TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "conv3x3 algorithm '", name,
+                "' computes bf16/fp16 in fp32; this is ", dtype);
+    ConvAlgorithm algorithm = parse_method(name.substr(kFloatPrefix.size()), pass, at::kFloat, name);
+    algorithm.in_float = true;
+    return algorithm;
+  }
+  return parse_method(name, pass, dtype, name);
+}
+
+}  // namespace unet_fast

@@ -1,0 +1,233 @@
+"""unet_fast.tuning: the measured choice of each convolution pass's algorithm. A scripted
+timer picks a named candidate; every candidate agrees with float64 within the stated
+tolerances; the cache is keyed by machine and version, written atomically, and a broken one
+is ignored with a warning; tune() settles a whole network ahead of time."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unet_fast
+from unet_fast import tuning
+from unet_fast.ops import available_backends, conv3x3_bias_relu
+from unet_fast.ops.conv import tuned_backward
+
+from conftest import onednn_emulates
+
+pytestmark = pytest.mark.skipif("cpu" not in available_backends("conv3x3_bias_relu", torch.device("cpu")),
+                                reason="the C++ extension is not built")
+
+FORWARD = torch.ops.unet_fast.conv3x3_bias_relu
+BACKWARD = torch.ops.unet_fast.conv3x3_bias_relu_backward
+
+
+@pytest.fixture(autouse=True)
+def measuring(monkeypatch, tmp_path):
+    """Measuring on, with a cache of this test's own."""
+    monkeypatch.setenv("UNET_FAST_TUNE", "1")
+    monkeypatch.setenv("UNET_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("UNET_FAST_WINOGRAD", raising=False)
+    tuning.forget()
+    yield
+    tuning.forget()
+
+
+def scripted(monkeypatch, milliseconds):
+    """Times every run by `milliseconds(shape, algorithm)` instead of the clock; returns the
+    list of (pass, algorithm) runs."""
+    runs = []
+
+    def timed(shape, algorithm, call):
+        runs.append((shape.kind, algorithm))
+        return call(algorithm), milliseconds(shape, algorithm) / 1e3
+
+    monkeypatch.setattr(tuning, "_timed", timed)
+    return runs
+
+
+def make(n=1, c_in=64, c_out=64, side=20, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, side, side, generator=g, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64) * (2 / (9 * c_in)) ** 0.5
+    bias = torch.randn(c_out, generator=g, dtype=torch.float64) * 0.1
+    return [t.to(dtype) for t in (x, weight, bias)]
+
+
+def test_a_scripted_timer_picks_the_named_candidate(monkeypatch):
+    runs = scripted(monkeypatch, lambda shape, algorithm: 1.0 if algorithm == "winograd2" else 5.0)
+    x, weight, bias = make()
+    shape = tuning.ConvShape.of("forward", x, weight)
+    for _ in range(3 * len(tuning.candidates(shape))):
+        out = conv3x3_bias_relu(x, weight, bias)
+    choice = tuning.settled(shape)
+    assert (choice.algorithm, choice.source) == ("winograd2", "measured")
+    assert set(choice.milliseconds) == set(tuning.candidates(shape))
+    assert torch.equal(out, FORWARD(x, weight, bias, True, "winograd2"))
+    assert not torch.equal(out, FORWARD(x, weight, bias, True, "direct"))
+    # each candidate once, then the one not far behind the best again, then no more timing
+    assert sorted(runs) == sorted([("forward", name) for name in tuning.candidates(shape)] + [("forward", "winograd2")])
+
+
+def test_each_candidate_runs_twice_and_a_slow_one_once(monkeypatch):
+    runs = scripted(monkeypatch, lambda shape, algorithm: 30.0 if algorithm == "nchw" else 1.0 + len(algorithm))
+    x, weight, bias = make()
+    for _ in range(20):
+        conv3x3_bias_relu(x, weight, bias)
+    counts = {name: runs.count(("forward", name)) for name in tuning.candidates(tuning.ConvShape.of("forward", x, weight))}
+    assert counts.pop("nchw") == 1
+    assert set(counts.values()) == {2}
+
+
+def test_the_backward_passes_are_measured_each_alone(monkeypatch):
+    fastest = {"data_grad": "winograd4", "weight_grad": "nchw"}
+    scripted(monkeypatch, lambda shape, algorithm: 1.0 if fastest.get(shape.kind) == algorithm else 4.0)
+    x, weight, bias = make()
+    out = conv3x3_bias_relu(x, weight, bias)
+    grad = torch.randn(out.shape)
+    for _ in range(20):
+        measured = tuned_backward(grad, x, weight, out, [True, True, True])
+    for kind, algorithm in fastest.items():
+        assert tuning.settled(tuning.ConvShape.of(kind, x, weight)).algorithm == algorithm
+    by_hand = BACKWARD(grad, x, weight, out, [True, True, True], "winograd4", "nchw")
+    assert all(torch.equal(a, b) for a, b in zip(measured, by_hand))
+
+
+def test_choices_are_cached_on_disk_and_read_back(monkeypatch):
+    scripted(monkeypatch, lambda shape, algorithm: 1.0 if algorithm == "winograd6" else 2.0)
+    x, weight, bias = make()
+    shape = tuning.ConvShape.of("forward", x, weight)
+    for _ in range(15):
+        conv3x3_bias_relu(x, weight, bias)
+    payload = json.loads(tuning.cache_path().read_text())
+    assert payload["machine"] == tuning.machine()
+    assert [entry["algorithm"] for entry in payload["choices"]] == ["winograd6"]
+    tuning.forget()
+    choice = tuning.settled(shape)
+    assert (choice.algorithm, choice.source) == ("winograd6", "cache")
+
+
+@pytest.mark.parametrize("changed", ["unet_fast", "torch", "threads"])
+def test_the_cache_is_keyed_by_version_and_threads(monkeypatch, changed):
+    scripted(monkeypatch, lambda shape, algorithm: 1.0 if algorithm == "winograd6" else 2.0)
+    x, weight, bias = make()
+    shape = tuning.ConvShape.of("forward", x, weight)
+    for _ in range(15):
+        conv3x3_bias_relu(x, weight, bias)
+    before = tuning.cache_path()
+    if changed == "unet_fast":
+        monkeypatch.setattr(unet_fast, "__version__", "0.0.0-other")
+    elif changed == "torch":
+        monkeypatch.setattr(torch, "__version__", "1.0.0-other")
+    else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads + 1)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    try:
+        assert tuning.cache_path() != before
+        assert tuning.settled(shape).source == "rule"
+    finally:
+        if changed == "threads":
+            torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 1, "machine": {}, "choices": []}),
+                                     json.dumps({"format": 1, "choices": [{"shape": {"kind": "forward"}}]})])
+def test_a_broken_cache_is_ignored_with_a_warning_and_replaced(monkeypatch, content):
+    x, weight, bias = make()
+    shape = tuning.ConvShape.of("forward", x, weight)
+    tuning.cache_path().parent.mkdir(parents=True)
+    tuning.cache_path().write_text(content)
+    with pytest.warns(RuntimeWarning, match="ignoring the convolution tuning cache .*conv-algorithms-"):
+        assert tuning.settled(shape).source == "rule"
+    scripted(monkeypatch, lambda shape, algorithm: 1.0)
+    for _ in range(15):
+        conv3x3_bias_relu(x, weight, bias)
+    assert json.loads(tuning.cache_path().read_text())["machine"] == tuning.machine()
+
+
+def test_measuring_off_takes_the_rule_and_writes_nothing(monkeypatch):
+    monkeypatch.setenv("UNET_FAST_TUNE", "0")
+    runs = scripted(monkeypatch, lambda shape, algorithm: 1.0)
+    x, weight, bias = make()
+    for _ in range(15):
+        out = conv3x3_bias_relu(x, weight, bias)
+    shape = tuning.ConvShape.of("forward", x, weight)
+    assert runs == [] and not tuning.cache_path().exists()
+    assert tuning.settled(shape).source == "rule"
+    assert torch.equal(out, FORWARD(x, weight, bias, True, tuning.cold_start(shape)))
+
+
+# Norm-wise error bounds against float64 of the same inputs: fp32 (Winograd's transforms: a
+# few 1e-6, docs/winograd.md), fp64, and bf16 (rounded operands or products: up to 5e-3).
+NORM_RTOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 1e-2}
+
+
+def relative_error(got, want):
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layer", [(3, 16, 22), (64, 64, 20), (128, 256, 13)], ids=str)
+def test_every_candidate_agrees_with_float64(dtype, layer):
+    c_in, c_out, side = layer
+    x, weight, bias = make(2, c_in, c_out, side, dtype=dtype)
+    x64, weight64, bias64 = (t.double() for t in (x, weight, bias))
+    want = F.relu(F.conv2d(x64, weight64, bias64))
+    forward = tuning.ConvShape.of("forward", x, weight)
+    for algorithm in tuning.candidates(forward):
+        out = FORWARD(x, weight, bias, True, algorithm)
+        assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+        assert relative_error(out, want) <= NORM_RTOL[dtype], algorithm
+    grad = torch.randn(want.shape, dtype=torch.float64).to(dtype)
+    masked = grad.double() * (want > 0)
+    want_x = torch.nn.grad.conv2d_input(x.shape, weight64, masked)
+    want_weight = torch.nn.grad.conv2d_weight(x64, weight.shape, masked)
+    for algorithm in tuning.candidates(tuning.ConvShape.of("data_grad", x, weight)):
+        grad_x = BACKWARD(grad, x, weight, want.to(dtype), [True, False, False], algorithm, "direct")[0]
+        assert grad_x.dtype == dtype and relative_error(grad_x, want_x) <= NORM_RTOL[dtype], algorithm
+    for algorithm in tuning.candidates(tuning.ConvShape.of("weight_grad", x, weight)):
+        grad_weight = BACKWARD(grad, x, weight, want.to(dtype), [False, True, False], "direct", algorithm)[1]
+        assert grad_weight.dtype == dtype and grad_weight.stride() == weight.stride()
+        assert relative_error(grad_weight, want_weight) <= NORM_RTOL[dtype], algorithm
+
+
+def test_bf16_candidates_include_fp32_and_native_kernels_only_where_native():
+    x, weight, _ = make(1, 64, 64, 20, dtype=torch.bfloat16)
+    found = tuning.candidates(tuning.ConvShape.of("forward", x, weight))
+    assert {"float:direct", "float:winograd4", "float:winograd6"} <= set(found)
+    assert ("direct" in found) == (not onednn_emulates(torch.bfloat16))
+
+
+@pytest.mark.parametrize("name,message", [
+    ("fast", "unknown conv3x3 algorithm 'fast'"),
+    ("unfold", "computes fp32/fp64 weight gradients only"),
+    ("float:direct", "computes bf16/fp16 in fp32"),
+])
+def test_an_algorithm_that_cannot_run_is_refused_by_name(name, message):
+    x, weight, bias = make()
+    with pytest.raises(RuntimeError, match=message):
+        FORWARD(x, weight, bias, True, name)
+
+
+def test_bf16_refuses_large_winograd_blocks_in_bf16():
+    x, weight, bias = make(dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="bf16 takes winograd2, or float:winograd4/6"):
+        FORWARD(x, weight, bias, True, "winograd4")
+
+
+def test_tune_settles_every_pass_of_a_network_and_leaves_gradients_alone():
+    model = unet_fast.UNet(enc_chs=(1, 8, 16), dec_chs=(16, 8))
+    found = tuning.tune(model, 44)
+    kinds = {(c.shape.kind, c.shape.c_in, c.shape.c_out) for c in found}
+    assert {("forward", 1, 8), ("data_grad", 8, 8), ("weight_grad", 1, 8), ("weight_grad", 16, 8)} <= kinds
+    assert all(c.source == "measured" and c.algorithm in c.milliseconds for c in found)
+    assert all(p.grad is None for p in model.parameters())
+    assert "measured ms" in tuning.format_choices(found)
+
+
+def test_tune_refuses_when_measuring_is_off(monkeypatch):
+    monkeypatch.setenv("UNET_FAST_TUNE", "0")
+    with pytest.raises(RuntimeError, match="UNET_FAST_TUNE=0"):
+        tuning.tune(unet_fast.UNet(enc_chs=(1, 8, 16), dec_chs=(16, 8)), 44)
