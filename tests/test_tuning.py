@@ -231,3 +231,19 @@ def test_tune_refuses_when_measuring_is_off(monkeypatch):
     monkeypatch.setenv("UNET_FAST_TUNE", "0")
     with pytest.raises(RuntimeError, match="UNET_FAST_TUNE=0"):
         tuning.tune(unet_fast.UNet(enc_chs=(1, 8, 16), dec_chs=(16, 8)), 44)
+
+
+@pytest.mark.parametrize("block", [2, 4, 6])
+def test_bf16_winograd_in_float_is_the_fp32_computation_rounded_once(block):
+    # float:winogradN reads and writes bf16 but transforms and multiplies in float: bit for bit
+    # the fp32 Winograd of the same (bf16-exact) values, rounded at the end.
+    x, weight, bias = make(2, 64, 32, 17, dtype=torch.bfloat16)
+    fp32 = [t.float() for t in (x, weight, bias)]
+    name = f"winograd{block}"
+    out = FORWARD(x, weight, bias, True, "float:" + name)
+    assert torch.equal(out, FORWARD(*fp32, True, name).bfloat16())
+    grad = torch.randn(out.shape).bfloat16()
+    got = BACKWARD(grad, x, weight, out, [True, True, True], "float:" + name, "float:" + name)
+    want = BACKWARD(grad.float(), fp32[0], fp32[1], out.float(), [True, True, True], name, name)
+    for ours, theirs in zip(got, want):
+        assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs.bfloat16())

@@ -101,8 +101,17 @@ at::Tensor weight_grad_by_unfolding(const at::Tensor& grad, const at::Tensor& x,
 
 constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
 
+// Whether a bf16 pass computed in fp32 runs as bf16 Winograd with float GEMMs, reading and
+// writing bf16 with no converted copies of the tensors.
+bool winograd_in_float(const ConvAlgorithm& algorithm, at::ScalarType dtype) {
+  return algorithm.in_float && algorithm.method == ConvMethod::kWinograd && dtype == at::kBFloat16;
+}
+
 at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
                       const ConvAlgorithm& algorithm) {
+  if (winograd_in_float(algorithm, x.scalar_type())) {
+    return winograd_conv3x3(x, weight, bias, relu, algorithm.block, /*float_gemm=*/true);
+  }
   if (algorithm.in_float) {
     ConvAlgorithm in_fp32 = algorithm;
     in_fp32.in_float = false;
@@ -125,6 +134,9 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
 // The gradient of x from the masked, channels_last output gradient.
 at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                         const ConvAlgorithm& algorithm) {
+  if (winograd_in_float(algorithm, grad.scalar_type())) {
+    return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/true);
+  }
   if (algorithm.in_float) {
     ConvAlgorithm in_fp32 = algorithm;
     in_fp32.in_float = false;
@@ -146,6 +158,9 @@ at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::T
 // The gradient of the weight, with the weight's strides, from the masked output gradient.
 at::Tensor weight_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                           const ConvAlgorithm& algorithm) {
+  if (winograd_in_float(algorithm, grad.scalar_type())) {
+    return in_weight_layout(winograd_conv3x3_weight_grad(grad, x, algorithm.block, /*float_gemm=*/true), weight);
+  }
   if (algorithm.in_float) {
     ConvAlgorithm in_fp32 = algorithm;
     in_fp32.in_float = false;

@@ -198,9 +198,10 @@ at::Tensor transform_weight(const at::Tensor& weight_in, bool turned) {
 }
 
 // U[point][t][c] = (B^T d B)[point] for the input tile whose pixels' channel vectors start at
-// rows[tile * a + b]; U's points lie point_stride apart. `scratch` holds points x C values.
-template <class W, typename T>
-UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels, Acc<T>* scratch, T* u,
+// rows[tile * a + b]; U's points lie point_stride apart, in the GEMM's type G. `scratch` holds
+// points x C values.
+template <class W, typename T, typename G>
+UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels, Acc<T>* scratch, G* u,
                                           int64_t point_stride) {
   constexpr int kTile = W::kTile;
   const auto bt = [](int i, int j) { return W::BT[i][j]; };
@@ -215,7 +216,7 @@ UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels
   }
   for (int a = 0; a < kTile; ++a) {  // rows: U[a][b] = (scratch B)[a][b]
     const Acc<T>* row[kTile];
-    T* out[kTile];
+    G* out[kTile];
     for (int b = 0; b < kTile; ++b) {
       row[b] = scratch + (a * kTile + b) * channels;
       out[b] = u + (a * kTile + b) * point_stride;
@@ -226,15 +227,16 @@ UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels
 
 // The m x m output block A^T M A + bias (then the ReLU) of one tile: M[point] at m + point *
 // point_stride; output row p goes to out_rows[p] (columns q at out_rows[p] + q * channels),
-// of which only the first `columns` are written. `scratch` holds tile x m x C values.
-template <class W, typename T>
-UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int64_t channels, const Acc<T>* bias,
+// of which only the first `columns` are written; M is in the GEMM's type G, the output in T.
+// `scratch` holds tile x m x C values.
+template <class W, typename T, typename G>
+UNET_FAST_CPU_CLONES void output_transform(const G* m, int64_t point_stride, int64_t channels, const Acc<T>* bias,
                                            bool relu, Acc<T>* scratch, T* const* out_rows, int columns) {
   constexpr int kTile = W::kTile, kOut = W::kOut;
   using A = Acc<T>;
   const auto at = [](int q, int b) { return W::AT[q][b]; };
   for (int a = 0; a < kTile; ++a) {  // rows: s[a][q] = (M A)[a][q]
-    const T* row[kTile];
+    const G* row[kTile];
     A* out[kOut];
     for (int b = 0; b < kTile; ++b) row[b] = m + (a * kTile + b) * point_stride;
     for (int q = 0; q < kOut; ++q) out[q] = scratch + (a * kOut + q) * channels;
@@ -261,9 +263,9 @@ UNET_FAST_CPU_CLONES void output_transform(const T* m, int64_t point_stride, int
 // The transform A dY A^T of one m x m block of output gradient, the adjoint of the output
 // transform: dY's row p starts at rows[p] (columns q at rows[p] + q * channels), rows below the
 // output at a row of zeros, rows[m]; only the first `columns` columns are read. Points lie
-// point_stride apart in dm; `scratch` holds tile x m x C values.
-template <class W, typename T>
-UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, Acc<T>* scratch, T* dm,
+// point_stride apart in dm, in the GEMM's type G; `scratch` holds tile x m x C values.
+template <class W, typename T, typename G>
+UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, Acc<T>* scratch, G* dm,
                                          int64_t point_stride) {
   constexpr int kTile = W::kTile, kOut = W::kOut;
   const auto a_matrix = [](int a, int p) { return W::AT[p][a]; };
@@ -276,7 +278,7 @@ UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int6
   }
   for (int a = 0; a < kTile; ++a) {  // rows: dM[a][b] = (s A^T)[a][b]
     const Acc<T>* row[kOut];
-    T* out[kTile];
+    G* out[kTile];
     for (int q = 0; q < kOut; ++q) row[q] = scratch + (a * kOut + q) * channels;
     for (int b = 0; b < kTile; ++b) out[b] = dm + (a * kTile + b) * point_stride;
     combine<kTile, kOut>(a_matrix, row, out, channels);
@@ -309,9 +311,9 @@ struct TileGrid {
 
 // u[point][t][c] = (B^T d B) for tiles first .. first + count of the channels_last input x,
 // zero-padded by `pad`; d is the tile's window of x, starting `pad` before its output block.
-template <class W, typename T>
+template <class W, typename T, typename G>
 void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& grid, int64_t first, int64_t count,
-                           T* u) {
+                           G* u) {
   constexpr int kTile = W::kTile, kPoints = kTile * kTile;
   const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
   const T* input = x.const_data_ptr<T>();
@@ -328,22 +330,24 @@ void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& gri
           rows[a * kTile + b] = inside ? input + ((pos.image * height + y) * width + x) * channels : zeros.data();
         }
       }
-      input_transform<W, T>(rows, channels, scratch.data(), u + t * channels, count * channels);
+      input_transform<W, T, G>(rows, channels, scratch.data(), u + t * channels, count * channels);
     }
   });
 }
 
 // out = the convolution of x, zero-padded by `pad` on every side, with the transformed weights
-// (plus bias, then the ReLU if `relu`).
-template <class W, typename T>
+// (plus bias, then the ReLU if `relu`): x and out in T, the transformed tiles, the weights and
+// the GEMM in G (T, or float for bf16 computed in fp32).
+template <class W, typename T, typename G>
 void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
                     bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = x.size(1), c_out = out.size(1), out_h = out.size(2), out_w = out.size(3);
   const TileGrid grid(kOut, x.size(0), out_h, out_w);
-  const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(T));
-  at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
-  at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, x.options());
+  const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(G));
+  const auto options = x.options().dtype(c10::CppTypeToScalarType<G>::value);
+  at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, options);
+  at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, options);
   const Acc<T>* bias = bias_values.const_data_ptr<Acc<T>>();
   T* output = out.mutable_data_ptr<T>();
 
@@ -351,9 +355,9 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
     const int64_t count = std::min(chunk, grid.tiles() - first);
     at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
     at::Tensor m = m_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
-    transform_input_tiles<W, T>(x, pad, grid, first, count, u.mutable_data_ptr<T>());
+    transform_input_tiles<W, T, G>(x, pad, grid, first, count, u.mutable_data_ptr<G>());
     at::bmm_out(m, u, weight_t);
-    const T* m_data = m.const_data_ptr<T>();
+    const G* m_data = m.const_data_ptr<G>();
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
       std::vector<Acc<T>> scratch(kTile * kOut * c_out);
       std::vector<T> spare(kOut * c_out);
@@ -365,8 +369,8 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
           out_rows[p] = y < out_h ? output + ((pos.image * out_h + y) * out_w + pos.x) * c_out : spare.data();
         }
         const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
-        output_transform<W, T>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch.data(), out_rows,
-                               columns);
+        output_transform<W, T, G>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch.data(), out_rows,
+                                  columns);
       }
     });
   }
@@ -374,17 +378,19 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
 
 // grad_weight_t[point] = sum over tiles of (A dY A^T)^T (B^T d B): the weight gradient in the
 // transform domain, (points, C_out, C_in), accumulated chunk by chunk in Acc<T> (bf16 products
-// of a chunk are added to it in float, so the sum over chunks is not rounded to bf16).
-template <class W, typename T>
+// of a chunk are added to it in float, so the sum over chunks is not rounded to bf16); the
+// transformed tiles and the GEMM in G.
+template <class W, typename T, typename G>
 void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight_t) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = x.size(1), c_out = grad.size(1), out_h = grad.size(2), out_w = grad.size(3);
   const TileGrid grid(kOut, x.size(0), out_h, out_w);
-  const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(T));
-  at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, x.options());
-  at::Tensor dm_buffer = at::empty({kPoints * chunk * c_out}, x.options());
-  constexpr bool accumulates_in_place = std::is_same_v<T, Acc<T>>;
-  at::Tensor products = accumulates_in_place ? at::Tensor() : at::empty({kPoints, c_out, c_in}, x.options());
+  const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(G));
+  const auto options = x.options().dtype(c10::CppTypeToScalarType<G>::value);
+  at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, options);
+  at::Tensor dm_buffer = at::empty({kPoints * chunk * c_out}, options);
+  constexpr bool accumulates_in_place = std::is_same_v<G, Acc<T>>;
+  at::Tensor products = accumulates_in_place ? at::Tensor() : at::empty({kPoints, c_out, c_in}, options);
   const T* gradient = grad.const_data_ptr<T>();
   grad_weight_t.zero_();
 
@@ -392,8 +398,8 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
     const int64_t count = std::min(chunk, grid.tiles() - first);
     at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
     at::Tensor dm = dm_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
-    transform_input_tiles<W, T>(x, 0, grid, first, count, u.mutable_data_ptr<T>());
-    T* dm_data = dm.mutable_data_ptr<T>();
+    transform_input_tiles<W, T, G>(x, 0, grid, first, count, u.mutable_data_ptr<G>());
+    G* dm_data = dm.mutable_data_ptr<G>();
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
       std::vector<Acc<T>> scratch(kTile * kOut * c_out);
       std::vector<T> zeros(kOut * c_out, T(0));  // a row of zeros
@@ -406,7 +412,7 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
           rows[p] = y < out_h ? gradient + ((pos.image * out_h + y) * out_w + pos.x) * c_out : zeros.data();
         }
         const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
-        grad_transform<W, T>(rows, columns, c_out, scratch.data(), dm_data + t * c_out, count * c_out);
+        grad_transform<W, T, G>(rows, columns, c_out, scratch.data(), dm_data + t * c_out, count * c_out);
       }
     });
     if constexpr (accumulates_in_place) {
@@ -417,46 +423,60 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
   }
 }
 
+// fn(T{}, G{}) for the storage type T of a tensor of `dtype` and the GEMM type G: T itself, or
+// float for bf16 with `float_gemm`.
+template <typename Fn>
+void with_types(at::ScalarType dtype, bool float_gemm, const char* name, Fn&& fn) {
+  if (float_gemm) {
+    TORCH_CHECK(dtype == at::kBFloat16, name, ": GEMMs in float are for bf16 tensors, got ", dtype);
+    fn(c10::BFloat16{}, float{});
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "winograd_conv3x3", [&] { fn(scalar_t{}, scalar_t{}); });
+}
+
 template <class W>
-at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu) {
+at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
+                   bool float_gemm) {
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_out = weight.size(0);
   at::Tensor out = at::empty({x.size(0), c_out, x.size(2) - 2, x.size(3) - 2},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto options = acc_options(x);
   const at::Tensor bias_values = bias ? bias->to(options.dtype()).contiguous() : at::zeros({c_out}, options);
-  const at::Tensor weight_t = transform_weight<W>(weight, false).transpose(1, 2);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "winograd_conv3x3", [&] {
-    winograd_typed<W, scalar_t>(x, 0, weight_t, bias_values, relu, out);
+  const at::Tensor weight_t = transform_weight<W>(float_gemm ? weight.to(at::kFloat) : weight, false).transpose(1, 2);
+  with_types(x.scalar_type(), float_gemm, "winograd_conv3x3", [&](auto storage, auto gemm) {
+    winograd_typed<W, decltype(storage), decltype(gemm)>(x, 0, weight_t, bias_values, relu, out);
   });
   return out;
 }
 
 template <class W>
-at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight) {
+at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight, bool float_gemm) {
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_in = weight.size(1);
   at::Tensor grad_x = at::empty({grad.size(0), c_in, grad.size(2) + 2, grad.size(3) + 2},
                                 grad.options().memory_format(at::MemoryFormat::ChannelsLast));
   // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
-  const at::Tensor weight_t = transform_weight<W>(weight, true);
+  const at::Tensor weight_t = transform_weight<W>(float_gemm ? weight.to(at::kFloat) : weight, true);
   const at::Tensor no_bias = at::zeros({c_in}, acc_options(grad));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad.scalar_type(), "winograd_conv3x3_data_grad", [&] {
-    winograd_typed<W, scalar_t>(grad, 2, weight_t, no_bias, false, grad_x);
+  with_types(grad.scalar_type(), float_gemm, "winograd_conv3x3_data_grad", [&](auto storage, auto gemm) {
+    winograd_typed<W, decltype(storage), decltype(gemm)>(grad, 2, weight_t, no_bias, false, grad_x);
   });
   return grad_x;
 }
 
 template <class W>
-at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in) {
+at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool float_gemm) {
   constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_in = x.size(1), c_out = grad.size(1);
   at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, acc_options(x));
   at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "winograd_conv3x3_weight_grad", [&] {
-    winograd_weight_grad_typed<W, scalar_t>(grad, x, grad_weight_t);
+  with_types(x.scalar_type(), float_gemm, "winograd_conv3x3_weight_grad", [&](auto storage, auto gemm) {
+    using scalar_t = decltype(storage);
+    winograd_weight_grad_typed<W, scalar_t, decltype(gemm)>(grad, x, grad_weight_t);
     // Back from the transform domain, output channel by output channel.
     const Acc<scalar_t>* du = grad_weight_t.const_data_ptr<Acc<scalar_t>>();
     scalar_t* g = grad_weight.mutable_data_ptr<scalar_t>();
@@ -489,16 +509,16 @@ at::Tensor with_block(int block, Fn&& fn) {
 }  // namespace
 
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                            bool relu, int block) {
-  return with_block(block, [&](auto w) { return forward<decltype(w)>(x, weight, bias, relu); });
+                            bool relu, int block, bool float_gemm) {
+  return with_block(block, [&](auto w) { return forward<decltype(w)>(x, weight, bias, relu, float_gemm); });
 }
 
-at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& weight, int block) {
-  return with_block(block, [&](auto w) { return data_grad<decltype(w)>(grad, weight); });
+at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& weight, int block, bool float_gemm) {
+  return with_block(block, [&](auto w) { return data_grad<decltype(w)>(grad, weight, float_gemm); });
 }
 
-at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block) {
-  return with_block(block, [&](auto w) { return weight_grad<decltype(w)>(grad, x); });
+at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block, bool float_gemm) {
+  return with_block(block, [&](auto w) { return weight_grad<decltype(w)>(grad, x, float_gemm); });
 }
 
 }  // namespace unet_fast

@@ -10,18 +10,24 @@
 
 namespace unet_fast {
 
+// Every function takes `float_gemm` for bf16 tensors computed in fp32: the transforms read and
+// write bf16 but keep the transformed tiles and weights in float for float GEMMs, so the result
+// is rounded to bf16 once, with no converted copies of the tensors.
+
 // relu(conv3x3(x, weight) + bias) (the ReLU if `relu`), channels_last, computed tile by tile
 // in the Winograd domain of F(block x block, 3x3) with at most a fixed budget of transform
 // buffers.
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                            bool relu, int block);
+                            bool relu, int block, bool float_gemm = false);
 
 // The gradient of conv3x3(x, weight) with respect to x, given the output's gradient `grad`:
 // channels_last, (N, C_in, H + 2, W + 2) for a grad of (N, C_out, H, W).
-at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& weight, int block);
+at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& weight, int block,
+                                      bool float_gemm = false);
 
 // The gradient of conv3x3(x, weight) with respect to the weight: (C_out, C_in, 3, 3),
 // channels_last.
-at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block);
+at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block,
+                                        bool float_gemm = false);
 
 }  // namespace unet_fast
