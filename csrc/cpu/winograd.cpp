@@ -5,8 +5,8 @@
 // (F(4x4, 3x3): 36 for 144). The input transform reads the channels_last input directly
 // (tiles past the edge read zeros), the transform-domain products are one batched GEMM (ATen,
 // so MKL/oneDNN), and the output transform adds the bias, applies the ReLU and writes only the
-// pixels inside the output. Tiles are worked through in chunks whose buffers stay within
-// kBudgetBytes (kBf16BudgetBytes in bf16).
+// pixels inside the output. Each thread works through pieces of tiles whose buffers stay within
+// kBudgetBytes (kBf16BudgetBytes in bf16), handed out one at a time.
 #include "winograd.h"
 
 #include <ATen/OpMathType.h>
@@ -14,20 +14,22 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
 #include "convert.h"
+#include "dynamic_parallel.h"
 #include "target_clones.h"
 
 namespace unet_fast {
 namespace {
 
-// Transform buffers per chunk of tiles. The fp32 572 step was slower with 4 and 64 MB (1.84
-// and 1.71 s against 1.57-1.64); bf16's AMX GEMMs gain from more tiles a chunk (bf16 572 step
-// 0.71-0.75 s against 0.76-0.77 with 16 MB, builds alternated).
-constexpr int64_t kBudgetBytes = 16 << 20;
-constexpr int64_t kBf16BudgetBytes = 32 << 20;
+// Transform buffers of one thread's piece of tiles (bf16's AMX GEMMs gain from more tiles a
+// piece); a weight gradient's chunk of tiles has those of all threads.
+constexpr int64_t kBudgetBytes = 8 << 20;
+constexpr int64_t kBf16BudgetBytes = 16 << 20;
+constexpr int64_t kMinPieceTiles = 32;
 // The matrices of F(m x m, 3x3): B^T (tile x tile), G (tile x 3) and A^T (m x tile), for the
 // interpolation points 0, +-1 (m = 2), then +-2 (m = 4), then +-1/2 (m = 6), and infinity.
 template <int M>
@@ -302,95 +304,128 @@ struct TileGrid {
     const int64_t per_image = tiles_y * tiles_x, within = tile % per_image;
     return {tile / per_image, within / tiles_x * block, within % tiles_x * block};
   }
-  // Tiles per chunk such that the chunk's transform buffers of c_in + c_out channels stay in budget.
+  // Tiles per chunk such that the chunk's transform buffers of c_in + c_out channels stay in
+  // the budget of all threads together.
   int64_t chunk(int64_t points, int64_t channels, int64_t element_size) const {
-    const int64_t budget = element_size == 2 ? kBf16BudgetBytes : kBudgetBytes;
+    const int64_t budget = (element_size == 2 ? kBf16BudgetBytes : kBudgetBytes) * at::get_num_threads();
     return std::clamp<int64_t>(budget / (points * channels * element_size), 1, tiles());
   }
+  // Tiles per piece of work: a thread's transform buffers of c_in + c_out channels within the
+  // budget, and at least two pieces a thread where there are tiles enough (a thread slowed by
+  // another process can then leave work to the others), but not fewer than kMinPieceTiles: the
+  // GEMMs of fewer rows are slow and sum less accurately (F(6x6) 1024 -> 1024 on 5 tiles a
+  // piece: norm-wise error 1.2e-5 against 8.7e-6).
+  int64_t piece(int64_t points, int64_t channels, int64_t element_size) const {
+    const int64_t budget = element_size == 2 ? kBf16BudgetBytes : kBudgetBytes;
+    const int64_t balanced = (tiles() + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());
+    const int64_t wanted = std::max(std::min(budget / (points * channels * element_size), balanced), kMinPieceTiles);
+    return std::clamp<int64_t>(wanted, 1, tiles());
+  }
+};
+
+// Buffers a thread keeps across its pieces of work: transform scratch and a row of zeros.
+template <typename T>
+struct TileScratch {
+  std::vector<Acc<T>> values;
+  std::vector<T> zeros;
+  TileScratch(int64_t values_count, int64_t zeros_count) : values(values_count), zeros(zeros_count, T(0)) {}
 };
 
 // u[point][t][c] = (B^T d B) for tiles first .. first + count of the channels_last input x,
 // zero-padded by `pad`; d is the tile's window of x, starting `pad` before its output block.
+// Points lie point_stride apart in u (count x channels where u holds just these tiles).
 template <class W, typename T, typename G>
-void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& grid, int64_t first, int64_t count,
-                           G* u) {
+void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& grid, int64_t first, int64_t count, G* u,
+                           TileScratch<T>& scratch, int64_t point_stride) {
   constexpr int kTile = W::kTile, kPoints = kTile * kTile;
   const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
   const T* input = x.const_data_ptr<T>();
-  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Acc<T>> scratch(kPoints * channels);
-    std::vector<T> zeros(channels, T(0));
-    const T* rows[kPoints];
-    for (int64_t t = begin; t < end; ++t) {
-      const TilePosition pos = grid.position(first + t);
-      for (int a = 0; a < kTile; ++a) {
-        for (int b = 0; b < kTile; ++b) {
-          const int64_t y = pos.y + a - pad, x = pos.x + b - pad;
-          const bool inside = y >= 0 && y < height && x >= 0 && x < width;
-          rows[a * kTile + b] = inside ? input + ((pos.image * height + y) * width + x) * channels : zeros.data();
-        }
+  const T* rows[kPoints];
+  for (int64_t t = 0; t < count; ++t) {
+    const TilePosition pos = grid.position(first + t);
+    for (int a = 0; a < kTile; ++a) {
+      for (int b = 0; b < kTile; ++b) {
+        const int64_t y = pos.y + a - pad, x = pos.x + b - pad;
+        const bool inside = y >= 0 && y < height && x >= 0 && x < width;
+        rows[a * kTile + b] = inside ? input + ((pos.image * height + y) * width + x) * channels : scratch.zeros.data();
       }
-      input_transform<W, T, G>(rows, channels, scratch.data(), u + t * channels, count * channels);
     }
-  });
+    input_transform<W, T, G>(rows, channels, scratch.values.data(), u + t * channels, point_stride);
+  }
+}
+
+// Each thread's transform buffers of one piece of work: `threads` x points x tiles a piece x
+// channels, in the GEMM's type.
+template <typename G>
+std::vector<at::Tensor> piece_buffers(const at::Tensor& like, int64_t threads, int64_t elements) {
+  const at::Tensor all = at::empty({threads, elements}, like.options().dtype(c10::CppTypeToScalarType<G>::value));
+  std::vector<at::Tensor> each;
+  for (int64_t thread = 0; thread < threads; ++thread) each.push_back(all.select(0, thread));
+  return each;
 }
 
 // out = the convolution of x, zero-padded by `pad` on every side, with the transformed weights
 // (plus bias, then the ReLU if `relu`): x and out in T, the transformed tiles, the weights and
-// the GEMM in G (T, or float for bf16 computed in fp32).
+// the GEMM in G (T, or float for bf16 computed in fp32). One parallel region: each thread takes
+// pieces of tiles and transforms, multiplies and transforms back its own.
 template <class W, typename T, typename G>
 void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
                     bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = x.size(1), c_out = out.size(1), out_h = out.size(2), out_w = out.size(3);
   const TileGrid grid(kOut, x.size(0), out_h, out_w);
-  const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(G));
-  const auto options = x.options().dtype(c10::CppTypeToScalarType<G>::value);
-  at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, options);
-  at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, options);
+  const int64_t per_piece = grid.piece(kPoints, c_in + c_out, sizeof(G));
+  const int64_t pieces = (grid.tiles() + per_piece - 1) / per_piece, threads = worker_threads(pieces);
+  const std::vector<at::Tensor> u_buffers = piece_buffers<G>(x, threads, kPoints * per_piece * c_in);
+  const std::vector<at::Tensor> m_buffers = piece_buffers<G>(x, threads, kPoints * per_piece * c_out);
   const Acc<T>* bias = bias_values.const_data_ptr<Acc<T>>();
   T* output = out.mutable_data_ptr<T>();
 
-  for (int64_t first = 0; first < grid.tiles(); first += chunk) {
-    const int64_t count = std::min(chunk, grid.tiles() - first);
-    at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
-    at::Tensor m = m_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
-    transform_input_tiles<W, T, G>(x, pad, grid, first, count, u.mutable_data_ptr<G>());
-    at::bmm_out(m, u, weight_t);
-    const G* m_data = m.const_data_ptr<G>();
-    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      std::vector<Acc<T>> scratch(kTile * kOut * c_out);
-      std::vector<T> spare(kOut * c_out);
+  for_each_piece(pieces, threads, [&](int64_t thread) {
+    auto scratch = std::make_shared<TileScratch<T>>(std::max(kPoints * c_in, kTile * kOut * c_out), c_in);
+    auto spare = std::make_shared<std::vector<T>>(kOut * c_out);  // rows below the output go here
+    return [&, thread, scratch, spare](int64_t piece) {
+      const int64_t first = piece * per_piece, count = std::min(per_piece, grid.tiles() - first);
+      at::Tensor u = u_buffers[thread].narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
+      at::Tensor m = m_buffers[thread].narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
+      transform_input_tiles<W, T, G>(x, pad, grid, first, count, u.mutable_data_ptr<G>(), *scratch, count * c_in);
+      at::bmm_out(m, u, weight_t);  // one thread's: inside a parallel region ATen runs it serially
+      const G* m_data = m.const_data_ptr<G>();
       T* out_rows[kOut];
-      for (int64_t t = begin; t < end; ++t) {
+      for (int64_t t = 0; t < count; ++t) {
         const TilePosition pos = grid.position(first + t);
-        for (int p = 0; p < kOut; ++p) {  // rows below the output are written to `spare`
+        for (int p = 0; p < kOut; ++p) {
           const int64_t y = pos.y + p;
-          out_rows[p] = y < out_h ? output + ((pos.image * out_h + y) * out_w + pos.x) * c_out : spare.data();
+          out_rows[p] = y < out_h ? output + ((pos.image * out_h + y) * out_w + pos.x) * c_out : spare->data();
         }
         const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
-        output_transform<W, T, G>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch.data(), out_rows,
-                                  columns);
+        output_transform<W, T, G>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch->values.data(),
+                                  out_rows, columns);
       }
-    });
-  }
+    };
+  });
 }
 
 // grad_weight_t[point] = sum over tiles of (A dY A^T)^T (B^T d B): the weight gradient in the
-// transform domain, (points, C_out, C_in), accumulated chunk by chunk in Acc<T> (bf16 products
-// of a chunk are added to it in float, so the sum over chunks is not rounded to bf16); the
-// transformed tiles and the GEMM in G.
+// transform domain, (points, C_out, C_in), summed in Acc<T> (bf16 products of a chunk are added
+// to it in float, so the sum over chunks is not rounded to bf16); the transformed tiles and the
+// GEMM in G. Chunk by chunk of tiles, two parallel regions each: the transforms, in pieces of
+// tiles, then the products, point by point. Each point's sum is one GEMM over the chunk's tiles
+// added to the sums of the chunks before, so the result does not depend on which thread did what.
 template <class W, typename T, typename G>
 void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at::Tensor& grad_weight_t) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
+  constexpr bool in_place = std::is_same_v<G, Acc<T>>;
   const int64_t c_in = x.size(1), c_out = grad.size(1), out_h = grad.size(2), out_w = grad.size(3);
   const TileGrid grid(kOut, x.size(0), out_h, out_w);
   const int64_t chunk = grid.chunk(kPoints, c_in + c_out, sizeof(G));
+  const int64_t per_piece = std::max<int64_t>(1, chunk / (4 * at::get_num_threads()));
   const auto options = x.options().dtype(c10::CppTypeToScalarType<G>::value);
   at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, options);
   at::Tensor dm_buffer = at::empty({kPoints * chunk * c_out}, options);
-  constexpr bool accumulates_in_place = std::is_same_v<G, Acc<T>>;
-  at::Tensor products = accumulates_in_place ? at::Tensor() : at::empty({kPoints, c_out, c_in}, options);
+  // Each thread's products of a point, where they are added to the sums in another type.
+  const std::vector<at::Tensor> product_buffers =
+      piece_buffers<G>(x, worker_threads(kPoints), in_place ? 0 : c_out * c_in);
   const T* gradient = grad.const_data_ptr<T>();
   grad_weight_t.zero_();
 
@@ -398,28 +433,40 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
     const int64_t count = std::min(chunk, grid.tiles() - first);
     at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
     at::Tensor dm = dm_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
-    transform_input_tiles<W, T, G>(x, 0, grid, first, count, u.mutable_data_ptr<G>());
+    G* u_data = u.mutable_data_ptr<G>();
     G* dm_data = dm.mutable_data_ptr<G>();
-    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-      std::vector<Acc<T>> scratch(kTile * kOut * c_out);
-      std::vector<T> zeros(kOut * c_out, T(0));  // a row of zeros
-      const T* rows[kOut + 1];
-      rows[kOut] = zeros.data();
-      for (int64_t t = begin; t < end; ++t) {
-        const TilePosition pos = grid.position(first + t);
-        for (int p = 0; p < kOut; ++p) {
-          const int64_t y = pos.y + p;
-          rows[p] = y < out_h ? gradient + ((pos.image * out_h + y) * out_w + pos.x) * c_out : zeros.data();
+    const int64_t pieces = (count + per_piece - 1) / per_piece;
+    for_each_piece(pieces, worker_threads(pieces), [&](int64_t) {
+      auto scratch = std::make_shared<TileScratch<T>>(std::max(kPoints * c_in, kTile * kOut * c_out),
+                                                      std::max(c_in, kOut * c_out));
+      return [&, scratch](int64_t piece) {
+        const int64_t begin = piece * per_piece, end = std::min(count, begin + per_piece);
+        for (int64_t t = begin; t < end; ++t) {
+          transform_input_tiles<W, T, G>(x, 0, grid, first + t, 1, u_data + t * c_in, *scratch, count * c_in);
+          const TilePosition pos = grid.position(first + t);
+          const T* rows[kOut + 1];
+          rows[kOut] = scratch->zeros.data();  // a row of zeros
+          for (int p = 0; p < kOut; ++p) {
+            const int64_t y = pos.y + p;
+            rows[p] = y < out_h ? gradient + ((pos.image * out_h + y) * out_w + pos.x) * c_out : rows[kOut];
+          }
+          const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
+          grad_transform<W, T, G>(rows, columns, c_out, scratch->values.data(), dm_data + t * c_out, count * c_out);
         }
-        const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
-        grad_transform<W, T, G>(rows, columns, c_out, scratch.data(), dm_data + t * c_out, count * c_out);
-      }
+      };
     });
-    if constexpr (accumulates_in_place) {
-      grad_weight_t.baddbmm_(dm.transpose(1, 2), u);
-    } else {
-      grad_weight_t.add_(at::bmm_out(products, dm.transpose(1, 2), u));
-    }
+    const at::Tensor dm_t = dm.transpose(1, 2);
+    for_each_piece(kPoints, worker_threads(kPoints), [&](int64_t thread) {
+      return [&, thread](int64_t point) {
+        at::Tensor sum = grad_weight_t[point];
+        if constexpr (in_place) {
+          sum.addmm_(dm_t[point], u[point]);
+        } else {
+          at::Tensor products = product_buffers[thread].view({c_out, c_in});
+          sum.add_(at::mm_out(products, dm_t[point], u[point]));
+        }
+      };
+    });
   }
 }
 
