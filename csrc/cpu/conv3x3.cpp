@@ -4,7 +4,6 @@
 // sums it per channel for the bias. Channel sums are added in a fixed order of row chunks, so
 // they do not depend on the thread count.
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -14,6 +13,7 @@
 #include "../conv3x3.h"
 #include "buffer_pool.h"
 #include "conv_algorithm.h"
+#include "dynamic_parallel.h"
 #include "precision.h"
 #include "winograd.h"
 
@@ -29,7 +29,7 @@ void relu_grad_and_bias_sum_typed(const T* grad, const T* out, T* masked,
   const int64_t chunks = std::min(kChunks, std::max<int64_t>(rows, 1));
   const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
   std::vector<acc_t> partial(grad_bias ? chunks * channels : 0, acc_t(0));
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  parallel_pieces(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t first = chunk * rows_per_chunk, last = std::min(rows, first + rows_per_chunk);
       acc_t* sums = grad_bias ? partial.data() + chunk * channels : nullptr;

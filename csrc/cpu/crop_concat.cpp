@@ -1,6 +1,5 @@
 // CPU kernels of crop_concat: strided box copies, parallel over rows, memcpy where rows are
 // dense, into buffers from the pool.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 
 #include "../crop_concat.h"
 #include "buffer_pool.h"
+#include "dynamic_parallel.h"
 
 namespace unet_fast {
 namespace {
@@ -38,7 +38,7 @@ void copy_box_typed(const at::Tensor& dst, const at::Tensor& src, int64_t top, i
   const int64_t src_step = s.stride[inner], dst_step = d.stride[inner];
   const int64_t lo = window_start[inner], hi = lo + s.size[inner];
   const int64_t grain = std::max<int64_t>(1, kBytesPerTask / (row * int64_t(sizeof(T))));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  parallel_pieces(0, rows, grain, [&](int64_t begin, int64_t end) {
     int64_t idx[4] = {0, 0, 0, 0};
     for (int64_t r = begin; r < end; ++r) {
       int64_t rest = r;

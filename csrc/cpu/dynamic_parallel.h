@@ -33,4 +33,26 @@ void for_each_piece(int64_t pieces, int64_t threads, MakeWorker&& make_worker) {
   });
 }
 
+// at::parallel_for's contract, f(begin, end) over disjoint parts that cover [begin, end), none
+// smaller than `grain` but the last, with the parts (about four a thread) handed out one at a
+// time. Work of fewer than two grains runs on the calling thread, in no parallel region.
+template <typename F>
+void parallel_pieces(int64_t begin, int64_t end, int64_t grain, const F& f) {
+  const int64_t size = end - begin;
+  if (size <= 0) return;
+  const int64_t parts = 4 * at::get_num_threads();
+  const int64_t part = std::max<int64_t>({grain, 1, (size + parts - 1) / parts});
+  const int64_t pieces = (size + part - 1) / part;
+  if (pieces == 1) {
+    f(begin, end);
+    return;
+  }
+  for_each_piece(pieces, worker_threads(pieces), [&](int64_t) {
+    return [&](int64_t piece) {
+      const int64_t first = begin + piece * part;
+      f(first, std::min(end, first + part));
+    };
+  });
+}
+
 }  // namespace unet_fast

@@ -1,6 +1,5 @@
 // CPU kernels of max_pool2x2: parallel over output pixels, the channel loop innermost (unit
 // stride for channels_last tensors, the layout unet_fast's convolutions produce).
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <initializer_list>
@@ -9,6 +8,7 @@
 #include "../max_pool.h"
 #include "buffer_pool.h"
 #include "convert.h"
+#include "dynamic_parallel.h"
 #include "target_clones.h"
 
 namespace unet_fast {
@@ -20,7 +20,7 @@ constexpr int64_t kPixelsPerTask = 16;
 template <typename Fn>
 void for_each_output_pixel(const at::Tensor& out, Fn fn) {
   const int64_t oh = out.size(2), ow = out.size(3);
-  at::parallel_for(0, out.size(0) * oh * ow, kPixelsPerTask, [&](int64_t begin, int64_t end) {
+  parallel_pieces(0, out.size(0) * oh * ow, kPixelsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) fn(p / (oh * ow), p / ow % oh, p % ow);
   });
 }

@@ -5,12 +5,12 @@
 // that GEMM's layout once and takes both gradients as GEMMs. ATen's transposed convolution
 // runs its backward at a fraction of the GEMM rate (the U-Net's four at 572: 0.54 s).
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cstring>
 
 #include "buffer_pool.h"
+#include "dynamic_parallel.h"
 #include "precision.h"
 
 namespace unet_fast {
@@ -49,7 +49,7 @@ at::Tensor taps_of(const at::Tensor& weight) {
 // [dy, dx, C_out] per input pixel; the output is channels_last.
 template <typename Fn>
 void for_each_output_run(int64_t images, int64_t h, int64_t w, int64_t c_out, Fn fn) {
-  at::parallel_for(0, images * h, kRowsPerTask, [&](int64_t begin, int64_t end) {
+  parallel_pieces(0, images * h, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {  // row = n * h + i
       for (int64_t dy = 0; dy < 2; ++dy) {
         const int64_t out_row = ((row / h) * 2 * h + 2 * (row % h) + dy) * 2 * w;

@@ -6,7 +6,6 @@
 // chosen at load time. Loss partial sums are added in a fixed order, so results do not depend
 // on the thread count.
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 #include "../common/weighted_cross_entropy.h"
 #include "../weighted_cross_entropy.h"
 #include "buffer_pool.h"
+#include "dynamic_parallel.h"
 #include "target_clones.h"
 
 namespace unet_fast {
@@ -164,7 +164,7 @@ double sum_in_order(const std::vector<double>& partials) {
 template <typename Fn>
 void for_each_block(int64_t images, int64_t hw, Fn fn) {
   const int64_t blocks_per_image = (hw + kBlock - 1) / kBlock;
-  at::parallel_for(0, images * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
+  parallel_pieces(0, images * blocks_per_image, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t image = b / blocks_per_image, first = (b % blocks_per_image) * kBlock;
       fn(image, first, std::min(kBlock, hw - first), b);

@@ -136,9 +136,9 @@ __attribute__((always_inline)) inline void combine(Coef coef, const In* const* i
 // wt[(a, b) * point_stride + o * C + c] = (G g G^T)[a][b] for the 3x3 filter g of output
 // channel o and input channel c, turned by 180 degrees if `turned`; taps[k] points at the C
 // input channels of tap k = 3 i + j of output channel o (channels_last weights).
-template <class W, typename T>
+template <class W, typename T, typename G>
 UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channels, bool turned, Acc<T>* scratch,
-                                            T* wt, int64_t point_stride) {
+                                            G* wt, int64_t point_stride) {
   const auto g = [](int a, int i) { return W::G[a][i]; };
   for (int j = 0; j < 3; ++j) {  // scratch[a][j] = (G g)[a][j]
     const T* column[3] = {taps[turned ? 8 - j : j], taps[turned ? 5 - j : 3 + j], taps[turned ? 2 - j : 6 + j]};
@@ -149,7 +149,7 @@ UNET_FAST_CPU_CLONES void transform_filters(const T* const* taps, int64_t channe
   for (int a = 0; a < W::kTile; ++a) {  // wt[a][b] = (G g G^T)[a][b]
     const Acc<T>* row[3] = {scratch + a * 3 * channels, scratch + (a * 3 + 1) * channels,
                             scratch + (a * 3 + 2) * channels};
-    T* out[W::kTile];
+    G* out[W::kTile];
     for (int b = 0; b < W::kTile; ++b) out[b] = wt + (a * W::kTile + b) * point_stride;
     combine<W::kTile, 3>(g, row, out, channels);
   }
@@ -175,24 +175,39 @@ UNET_FAST_CPU_CLONES void untransform_filters(const Acc<T>* du, int64_t point_st
   }
 }
 
+// fn(T{}, G{}) for the storage type T of a tensor of `dtype` and the GEMM type G: T itself, or
+// float for bf16 with `float_gemm`.
+template <typename Fn>
+void with_types(at::ScalarType dtype, bool float_gemm, const char* name, Fn&& fn) {
+  if (float_gemm) {
+    TORCH_CHECK(dtype == at::kBFloat16, name, ": GEMMs in float are for bf16 tensors, got ", dtype);
+    fn(c10::BFloat16{}, float{});
+    return;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "winograd_conv3x3", [&] { fn(scalar_t{}, scalar_t{}); });
+}
+
 // The points G g G^T of every channel pair, (points, C_out, C_in), g turned by 180 degrees if
 // `turned`. The transposed view (points, C_in, C_out) is the forward's right GEMM operand; as
 // it is, the turned transform is the data gradient's (a convolution from C_out to C_in channels).
+// In the weight's dtype, or in float for GEMMs in float.
 template <class W>
-at::Tensor transform_weight(const at::Tensor& weight_in, bool turned) {
+at::Tensor transform_weight(const at::Tensor& weight_in, bool turned, bool float_gemm) {
   constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor weight = weight_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_out = weight.size(0), c_in = weight.size(1);
-  at::Tensor wt = at::empty({kPoints, c_out, c_in}, weight.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, weight.scalar_type(), "winograd_transform_weight", [&] {
+  at::Tensor wt = at::empty({kPoints, c_out, c_in}, weight.options().dtype(float_gemm ? at::kFloat : weight.scalar_type()));
+  with_types(weight.scalar_type(), float_gemm, "winograd_transform_weight", [&](auto storage, auto gemm) {
+    using scalar_t = decltype(storage);
+    using G = decltype(gemm);
     const scalar_t* g = weight.const_data_ptr<scalar_t>();
-    scalar_t* out = wt.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, c_out, 1, [&](int64_t begin, int64_t end) {
+    G* out = wt.mutable_data_ptr<G>();
+    parallel_pieces(0, c_out, 1, [&](int64_t begin, int64_t end) {
       std::vector<Acc<scalar_t>> scratch(W::kTile * 3 * c_in);
       const scalar_t* taps[9];
       for (int64_t o = begin; o < end; ++o) {
         for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
-        transform_filters<W, scalar_t>(taps, c_in, turned, scratch.data(), out + o * c_in, c_out * c_in);
+        transform_filters<W, scalar_t, G>(taps, c_in, turned, scratch.data(), out + o * c_in, c_out * c_in);
       }
     });
   });
@@ -470,18 +485,6 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
   }
 }
 
-// fn(T{}, G{}) for the storage type T of a tensor of `dtype` and the GEMM type G: T itself, or
-// float for bf16 with `float_gemm`.
-template <typename Fn>
-void with_types(at::ScalarType dtype, bool float_gemm, const char* name, Fn&& fn) {
-  if (float_gemm) {
-    TORCH_CHECK(dtype == at::kBFloat16, name, ": GEMMs in float are for bf16 tensors, got ", dtype);
-    fn(c10::BFloat16{}, float{});
-    return;
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "winograd_conv3x3", [&] { fn(scalar_t{}, scalar_t{}); });
-}
-
 template <class W>
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
                    bool float_gemm) {
@@ -491,7 +494,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto options = acc_options(x);
   const at::Tensor bias_values = bias ? bias->to(options.dtype()).contiguous() : at::zeros({c_out}, options);
-  const at::Tensor weight_t = transform_weight<W>(float_gemm ? weight.to(at::kFloat) : weight, false).transpose(1, 2);
+  const at::Tensor weight_t = transform_weight<W>(weight, false, float_gemm).transpose(1, 2);
   with_types(x.scalar_type(), float_gemm, "winograd_conv3x3", [&](auto storage, auto gemm) {
     winograd_typed<W, decltype(storage), decltype(gemm)>(x, 0, weight_t, bias_values, relu, out);
   });
@@ -505,7 +508,7 @@ at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight, bool f
   at::Tensor grad_x = at::empty({grad.size(0), c_in, grad.size(2) + 2, grad.size(3) + 2},
                                 grad.options().memory_format(at::MemoryFormat::ChannelsLast));
   // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
-  const at::Tensor weight_t = transform_weight<W>(float_gemm ? weight.to(at::kFloat) : weight, true);
+  const at::Tensor weight_t = transform_weight<W>(weight, true, float_gemm);
   const at::Tensor no_bias = at::zeros({c_in}, acc_options(grad));
   with_types(grad.scalar_type(), float_gemm, "winograd_conv3x3_data_grad", [&](auto storage, auto gemm) {
     winograd_typed<W, decltype(storage), decltype(gemm)>(grad, 2, weight_t, no_bias, false, grad_x);
@@ -527,7 +530,7 @@ at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool f
     // Back from the transform domain, output channel by output channel.
     const Acc<scalar_t>* du = grad_weight_t.const_data_ptr<Acc<scalar_t>>();
     scalar_t* g = grad_weight.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, c_out, 1, [&](int64_t begin, int64_t end) {
+    parallel_pieces(0, c_out, 1, [&](int64_t begin, int64_t end) {
       std::vector<Acc<scalar_t>> scratch(3 * W::kTile * c_in);
       scalar_t* taps[9];
       for (int64_t o = begin; o < end; ++o) {
