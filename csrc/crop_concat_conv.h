@@ -1,10 +1,9 @@
 // crop_concat_conv3x3 on any device that has crop_concat and conv3x3_bias_relu kernels: the
-// join built for the convolution and dropped at once. The backward builds the join again only
-// for the weight's gradient (one copy, a few percent of the convolution) instead of keeping it
-// from forward to backward, and takes the inputs' gradients per source as two convolutions
-// over the two channel ranges of the weight, so no gradient of the whole join exists either
-// (at the 572 dec4 join that keeps 79 MB off a training step's peak). Written in C++ so that
-// the op runs without Python: a Python custom op would also load torch._dynamo on first use.
+// join built for the convolution and dropped at once. The backward never builds it: every
+// gradient is taken per source, as the convolutions of up and of skip's window with their
+// channel ranges of the weight, so neither the join (78 MB at the 572 dec4 join) nor its
+// gradient exists during a training step's backward. Written in C++ so that the op runs
+// without Python: a Python custom op would also load torch._dynamo on first use.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -52,8 +51,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
                              .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                                  const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const std::optional<at::Tensor>&, std::array<bool, 3>, c10::string_view,
-                                 c10::string_view)>();
-  return op.call(grad_out, x, weight, out, mask, data_algorithm, weight_algorithm);
+                                 c10::string_view, bool)>();
+  return op.call(grad_out, x, weight, out, mask, data_algorithm, weight_algorithm, false);
 }
 
 }  // namespace crop_concat_conv_detail
@@ -65,30 +64,35 @@ inline at::Tensor crop_concat_conv3x3_composite(const at::Tensor& up, const at::
   return conv(crop_concat(up, skip), weight, bias, relu, algorithm);
 }
 
+// Each source's part of the backward, as the convolution of that source with its channels of
+// the weight: up's, and the centre window of skip's (a view, not a copy). The gradient is
+// masked by the ReLU once, here, not by each part.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_concat_conv3x3_backward_composite(
     const at::Tensor& grad_out, const at::Tensor& up, const at::Tensor& skip, const at::Tensor& weight,
-    const std::optional<at::Tensor>& out, std::array<bool, 4> output_mask, c10::string_view up_algorithm,
-    c10::string_view skip_algorithm, c10::string_view weight_algorithm) {
+    const std::optional<at::Tensor>& out, std::array<bool, 4> output_mask, c10::string_view up_data_algorithm,
+    c10::string_view skip_data_algorithm, c10::string_view up_weight_algorithm,
+    c10::string_view skip_weight_algorithm) {
   using namespace crop_concat_conv_detail;
-  at::Tensor grad_up, grad_skip, grad_weight, grad_bias;
-  if (output_mask[2] || output_mask[3]) {
-    std::tie(std::ignore, grad_weight, grad_bias) =
-        conv_backward(grad_out, crop_concat(up, skip), weight, out, {false, output_mask[2], output_mask[3]},
-                      "direct", weight_algorithm);
+  at::Tensor grad = out ? at::where(*out > 0, grad_out, at::zeros({}, grad_out.options())) : grad_out;
+  const int64_t up_channels = up.size(1), skip_channels = weight.size(1) - up_channels;
+  const int64_t h = up.size(2), w = up.size(3), height = skip.size(2), width = skip.size(3);
+  const at::Tensor window = skip.narrow(2, center_crop_offset(height, h), h).narrow(3, center_crop_offset(width, w), w);
+  const bool weight_grad = output_mask[2];
+  auto [grad_up, up_grad_weight, grad_bias] =
+      conv_backward(grad, up, weight.narrow(1, 0, up_channels), std::nullopt,
+                    {output_mask[0], weight_grad, output_mask[3]}, up_data_algorithm, up_weight_algorithm);
+  at::Tensor grad_window, skip_grad_weight, grad_skip, grad_weight;
+  if (output_mask[1] || weight_grad) {
+    std::tie(grad_window, skip_grad_weight, std::ignore) =
+        conv_backward(grad, window, weight.narrow(1, up_channels, skip_channels), std::nullopt,
+                      {output_mask[1], weight_grad, false}, skip_data_algorithm, skip_weight_algorithm);
   }
-  const int64_t up_channels = up.size(1);
-  if (output_mask[0]) {
-    grad_up = std::get<0>(conv_backward(grad_out, up, weight.narrow(1, 0, up_channels), out, {true, false, false},
-                                        up_algorithm, "direct"));
-  }
-  if (output_mask[1]) {
-    const int64_t h = up.size(2), w = up.size(3), height = skip.size(2), width = skip.size(3);
-    const at::Tensor window =
-        skip.narrow(2, center_crop_offset(height, h), h).narrow(3, center_crop_offset(width, w), w);
-    const at::Tensor skip_weight = weight.narrow(1, up_channels, weight.size(1) - up_channels);
-    const at::Tensor grad_window = std::get<0>(
-        conv_backward(grad_out, window, skip_weight, out, {true, false, false}, skip_algorithm, "direct"));
-    grad_skip = crop_concat_backward(grad_window, 0, height, width);
+  grad.reset();  // before skip's whole gradient is made: the step's peak can be here (572 dec4)
+  if (output_mask[1]) grad_skip = crop_concat_backward(grad_window, 0, height, width);
+  if (weight_grad) {
+    grad_weight = at::empty_like(weight);
+    grad_weight.narrow(1, 0, up_channels).copy_(up_grad_weight);
+    grad_weight.narrow(1, up_channels, skip_channels).copy_(skip_grad_weight);
   }
   return {grad_up, grad_skip, grad_weight, grad_bias};
 }

@@ -40,7 +40,7 @@ PyMethodDef methods[] = {
     {"buffer_pool_stats", buffer_pool_stats, METH_NOARGS, "(in use, cached, peak in use) bytes of the CPU buffer pool"},
     {"buffer_pool_empty_cache", buffer_pool_empty_cache, METH_NOARGS, "frees the pool's cached CPU buffers"},
     {"buffer_pool_set_idle_seconds", buffer_pool_set_idle_seconds, METH_O,
-     "seconds without pooled activity after which the pool frees its cached buffers"},
+     "seconds a cached CPU buffer may stay idle before the pool frees it"},
     {"cpu_has_avx512", cpu_has_avx512, METH_NOARGS, "whether the CPU kernels run for AVX-512"},
     {nullptr, nullptr, 0, nullptr}};
 
@@ -76,21 +76,24 @@ TORCH_LIBRARY(unet_fast, m) {
   m.def("conv3x3_bias_relu(Tensor x, Tensor weight, Tensor? bias, bool relu, str algorithm=\"direct\") -> Tensor");
   // Gradients of x, weight and bias (each only if asked in output_mask, else undefined). `out`
   // is the saved forward output when it went through the ReLU (its mask), else None. The
-  // algorithms name how the CPU computes x's and the weight's gradients.
+  // algorithms name how the CPU computes x's and the weight's gradients. relu_input: x is the
+  // output of a ReLU, whose backward is applied to x's gradient too (zero where x <= 0), so
+  // that neither x nor a masked copy of its gradient need be kept for it.
   m.def(
       "conv3x3_bias_relu_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? out, "
-      "bool[3] output_mask, str data_algorithm=\"direct\", str weight_algorithm=\"direct\") "
-      "-> (Tensor, Tensor, Tensor)");
+      "bool[3] output_mask, str data_algorithm=\"direct\", str weight_algorithm=\"direct\", "
+      "bool relu_input=False) -> (Tensor, Tensor, Tensor)");
   // conv3x3_bias_relu(crop_concat(up, skip), weight, bias, relu), without keeping the join.
   m.def(
       "crop_concat_conv3x3(Tensor up, Tensor skip, Tensor weight, Tensor? bias, bool relu, "
       "str algorithm=\"direct\") -> Tensor");
   // Gradients of up, skip, weight and bias (each only if asked in output_mask, else undefined),
-  // by the algorithms named for the up part's and the skip part's data gradient and the weight's.
+  // each source's part by the algorithms named for its data and weight gradients.
   m.def(
       "crop_concat_conv3x3_backward(Tensor grad_out, Tensor up, Tensor skip, Tensor weight, Tensor? out, "
-      "bool[4] output_mask, str up_algorithm=\"direct\", str skip_algorithm=\"direct\", "
-      "str weight_algorithm=\"direct\") -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool[4] output_mask, str up_data_algorithm=\"direct\", str skip_data_algorithm=\"direct\", "
+      "str up_weight_algorithm=\"direct\", str skip_weight_algorithm=\"direct\") "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // 2x2 max-pool, stride 2 (a last odd row or column is dropped), keeping no indices.
   m.def("max_pool2x2(Tensor x) -> Tensor");
   // The input's gradient: each output's gradient goes to the first maximum of its window,

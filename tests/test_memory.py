@@ -119,6 +119,18 @@ def test_an_idle_pool_gives_its_memory_back():
     assert result["full"] - result["idle"] >= 0.9 * result["cached"]
 
 
+def test_a_running_loop_gives_back_the_blocks_it_no_longer_uses():
+    result = run_fresh("""
+        fill_pool(2)  # two 16 MiB blocks, not needed again
+        x, w = torch.randn(1, 16, 132, 132), torch.randn(16, 16, 3, 3)
+        start = time.time()
+        while time.time() - start < 1.5:  # a loop of 1 MiB outputs runs on
+            conv3x3_bias_relu(x, w, backend="cpu")
+        print(json.dumps(dict(cached=memory.cpu_pool_stats().cached_bytes / 2**20)))
+    """, UNET_FAST_CPU_POOL_IDLE_S="0.5")
+    assert 0 < result["cached"] < 16
+
+
 def test_a_busy_pool_keeps_its_blocks():
     result = run_fresh("""
         memory.set_cpu_pool_idle_seconds(30)

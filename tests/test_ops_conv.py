@@ -215,3 +215,25 @@ def test_cpu_computes_in_fp32_where_onednn_emulates_the_dtype(dtype):
         if emulated:
             assert torch.equal(reduced, rounded)
         torch.testing.assert_close(reduced.float(), rounded.float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_backward_can_apply_the_relu_its_input_came_out_of(backend, dtype, device):
+    # relu_input: x is a ReLU's output (zeros included, one NaN), and x's gradient comes back
+    # through that ReLU's backward too, as if a separate ReLU backward followed; the weight's
+    # and the bias's gradients are untouched.
+    from unet_fast.ops.conv import backward_on
+
+    x, weight, _ = make(2, 4, 9, 8, 3, dtype=dtype, device=device)
+    x = torch.relu(x)
+    x[0, 1, 2, 3] = float("nan")
+    grad = torch.randn(2, 3, 7, 6, dtype=dtype, device=device)
+    mask = [True, True, True]
+    plain = backward_on(backend, grad, x, weight, None, mask)
+    through = backward_on(backend, grad, x, weight, None, mask, relu_input=True)
+    exactly = dict(rtol=0, atol=0, equal_nan=True)  # the NaN reaches the weight's gradient
+    torch.testing.assert_close(through[0], torch.where(x > 0, plain[0], 0), **exactly)
+    assert not through[0].isnan().any()
+    torch.testing.assert_close(through[1], plain[1], **exactly)
+    torch.testing.assert_close(through[2], plain[2], **exactly)

@@ -206,7 +206,7 @@ def format_processes(ours: TrainingProcess, theirs: TrainingProcess) -> str:
         lines.append(f"{name:12s} {p.peak_mb:9.0f} {p.setup_mb:11.0f} {p.steps_mb:12.0f} {p.step_seconds[-1]:12.2f}")
     lines.append(f"ours / reference: peak {ours.peak_mb / theirs.peak_mb:.2f}x, added by the steps "
                  f"{ours.steps_mb / theirs.steps_mb:.2f}x; the pool then kept {ours.pool_cached_mb:.0f} MiB "
-                 "(given back after it has been idle for UNET_FAST_CPU_POOL_IDLE_S, default 2 s)")
+                 "(given back after it has been idle for UNET_FAST_CPU_POOL_IDLE_S, default 30 s)")
     return "\n".join(lines)
 
 

@@ -8,9 +8,11 @@ the first op on, and serves only the allocations made inside unet_fast's ops, on
 that runs them; everything else passes through untouched.
 
 What it holds, in use and idle, never exceeds the most it ever had in use at once (one
-step's need), and once no op has used it for ``UNET_FAST_CPU_POOL_IDLE_S`` seconds (default
-2; :func:`set_cpu_pool_idle_seconds`) it gives its idle blocks and glibc's free heap back to
-the OS. It is fork-safe (DataLoader workers). The pool counts in the torch profiler's memory
+step's need), and a block left idle for ``UNET_FAST_CPU_POOL_IDLE_S`` seconds (default 30;
+:func:`set_cpu_pool_idle_seconds`) goes back to the OS, with glibc's free heap: all of them
+soon after the ops stop, and in a loop that runs on, those it no longer uses (such as the
+extra buffers of the algorithms :mod:`unet_fast.tuning` tried on the first steps). It is
+fork-safe (DataLoader workers). The pool counts in the torch profiler's memory
 figures like the default allocator; what it keeps idle does not, but the OS sees it.
 Set ``UNET_FAST_CPU_POOL=0`` before the first op runs to turn it off.
 """
@@ -50,8 +52,7 @@ def empty_cpu_pool() -> None:
 
 
 def set_cpu_pool_idle_seconds(seconds: float) -> None:
-    """Seconds without pooled activity after which the pool gives its idle blocks back
-    (0: as soon as it is idle)."""
+    """Seconds a block may stay idle in the pool before it goes back to the OS (0: at once)."""
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
     if backends.extension_loaded():

@@ -350,8 +350,7 @@ def run(shape: ConvShape, call: Callable[[str], T], can_measure: bool = True) ->
     """``call(algorithm)`` by this pass's choice; while it is not settled (and measuring is on
     and `can_measure`), by the next candidate, timed."""
     global _explored
-    for seen in _recorders:
-        seen.add(shape.key())
+    _record(shape)
     if can_measure and measuring() and _forced(shape) is None:
         with _lock:
             algorithm = _next_trial(shape)
@@ -384,7 +383,15 @@ def run_backward(passes: list[tuple[ConvShape, Callable[[str], tuple]]], togethe
     if len(passes) == 1:
         shape = passes[0][0]
         return run(shape, lambda algorithm: together({shape: algorithm}), can_measure)
-    return together({shape: settled(shape).algorithm for shape, _ in passes})
+    shapes = [shape for shape, _ in passes]
+    return together(dict(zip(shapes, settled_algorithms(shapes))))
+
+
+def settled_algorithms(shapes: list[ConvShape]) -> list[str]:
+    """The settled algorithm of each pass (forced, measured, or the rule), measuring nothing."""
+    for shape in shapes:
+        _record(shape)
+    return [settled(shape).algorithm for shape in shapes]
 
 
 def choices() -> list[Choice]:
@@ -434,6 +441,11 @@ def _input_channels(model: torch.nn.Module) -> int:
 
 
 _recorders: list[set] = []
+
+
+def _record(shape: ConvShape) -> None:
+    for seen in _recorders:
+        seen.add(shape.key())
 
 
 @contextlib.contextmanager

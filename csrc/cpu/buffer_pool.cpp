@@ -5,8 +5,8 @@
 //
 // Bounds: the blocks it holds, in use and idle, never add up to more than the most it ever had
 // in use at once (one step's need), the least recently freed going first; and a trimming
-// thread gives every idle block back (and glibc's free heap, malloc_trim) once no pooled
-// allocation or free has happened for the idle time. Across fork() the child gets a pool that
+// thread gives back every block that has been idle for the idle time (and glibc's free heap,
+// malloc_trim): all of them once the ops stop, and those a running loop no longer uses. Across fork() the child gets a pool that
 // works (pthread_atfork: no lock held, its own trimming thread started when it is next used).
 #include "buffer_pool.h"
 
@@ -34,7 +34,9 @@ namespace {
 constexpr size_t kMinPooledBytes = size_t(1) << 20;
 constexpr size_t kGranularity = size_t(64) << 10;  // pooled sizes are rounded up to this
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr double kDefaultIdleSeconds = 2.0;
+// Longer than a slow step of a large network, so that a training loop, or a benchmark alternating
+// with another model, keeps its blocks; short enough to give them back soon after the work stops.
+constexpr double kDefaultIdleSeconds = 30.0;
 
 thread_local bool pooling = false;
 
@@ -81,7 +83,7 @@ class PoolingAllocator final : public c10::Allocator {
     if (!pooling || n < kMinPooledBytes) return fallback_->allocate(n);
     const size_t wanted = rounded(n);
     std::unique_lock<std::mutex> lock(mutex_);
-    touch(lock);
+    start_trimmer();
     auto [ptr, size] = take_cached(wanted);
     if (ptr == nullptr) {
       // A new block: first give back the least recently freed idle ones that would take the
@@ -135,14 +137,17 @@ class PoolingAllocator final : public c10::Allocator {
   struct IdleBlock {
     void* ptr;
     size_t size;
+    Clock::time_point freed;
   };
   using IdleList = std::list<IdleBlock>;  // least recently freed first
 
-  // The smallest idle block that fits with at most a quarter to spare and its size, or null
-  // and the size to allocate.
+  // The smallest idle block that fits with at most a quarter to spare (of that size, the one
+  // freed last: blocks a loop no longer needs then age and go back), and its size; or null and
+  // the size to allocate.
   std::pair<void*, size_t> take_cached(size_t size) {
-    const auto it = by_size_.lower_bound(size);
-    if (it == by_size_.end() || it->first > size + size / 4) return {nullptr, size};
+    const auto smallest = by_size_.lower_bound(size);
+    if (smallest == by_size_.end() || smallest->first > size + size / 4) return {nullptr, size};
+    const auto it = std::prev(by_size_.upper_bound(smallest->first));
     const IdleBlock block = *it->second;
     idle_.erase(it->second);
     by_size_.erase(it);
@@ -171,27 +176,30 @@ class PoolingAllocator final : public c10::Allocator {
     cached_bytes_ = 0;
   }
 
-  // Marks pooled activity now, and starts the trimming thread if it is not running.
-  void touch(std::unique_lock<std::mutex>&) {
-    last_activity_ = Clock::now();
+  // Starts the trimming thread if it is not running (under the lock).
+  void start_trimmer() {
     if (trimmer_running_) return;
     trimmer_running_ = true;
     std::thread([this] { trim_when_idle(); }).detach();
   }
 
+  // Gives back each block that has been idle for the idle time: all of them once the ops stop,
+  // and in a loop that runs on, those it no longer uses (a shape measured once, say).
   void trim_when_idle() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (true) {
-      const auto idle_for = std::chrono::duration<double>(idle_seconds_);
-      const auto due = last_activity_ + std::chrono::duration_cast<Clock::duration>(idle_for);
-      if (cached_bytes_ == 0) {
+      if (idle_.empty()) {
         wake_.wait(lock);  // woken when a block goes idle or the idle time changes
-      } else if (Clock::now() < due) {
-        wake_.wait_until(lock, due);
-      } else {
-        free_all_idle();
-        malloc_trim(0);  // and what glibc keeps of the small buffers freed meanwhile
+        continue;
       }
+      const auto idle_for = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(idle_seconds_));
+      const auto now = Clock::now();
+      if (now < idle_.front().freed + idle_for) {
+        wake_.wait_until(lock, idle_.front().freed + idle_for);
+        continue;
+      }
+      while (!idle_.empty() && idle_.front().freed + idle_for <= now) free_oldest_idle();
+      malloc_trim(0);  // and what glibc keeps of the small buffers freed meanwhile
     }
   }
 
@@ -207,9 +215,10 @@ class PoolingAllocator final : public c10::Allocator {
         self->in_use_.erase(it);
         self->in_use_bytes_ -= size;
         self->report(ptr, -int64_t(size));
-        self->touch(lock);
-        const bool was_empty = self->cached_bytes_ == 0;
-        self->by_size_.emplace(size, self->idle_.insert(self->idle_.end(), IdleBlock{ptr, size}));
+        self->start_trimmer();
+        const bool was_empty = self->idle_.empty();
+        const auto block = self->idle_.insert(self->idle_.end(), IdleBlock{ptr, size, Clock::now()});
+        self->by_size_.emplace(size, block);
         self->cached_bytes_ += size;
         if (was_empty) self->wake_.notify_all();
         return;
@@ -233,7 +242,6 @@ class PoolingAllocator final : public c10::Allocator {
   std::multimap<size_t, IdleList::iterator> by_size_;
   size_t in_use_bytes_ = 0, cached_bytes_ = 0, peak_in_use_bytes_ = 0;
   double idle_seconds_;
-  Clock::time_point last_activity_ = Clock::now();
   bool trimmer_running_ = false;
 };
 

@@ -5,8 +5,8 @@
 // and of the ATen calls it makes) come from blocks the pool kept, and go back to it when
 // freed; other allocations, and other threads, pass through to torch's allocator. The pool
 // reports its allocations to the torch profiler as in use, like the default allocator. It
-// holds at most as much as it ever had in use at once, and gives its idle blocks back after
-// UNET_FAST_CPU_POOL_IDLE_S seconds (default 2) without pooled activity.
+// holds at most as much as it ever had in use at once, and gives back each block left idle
+// for UNET_FAST_CPU_POOL_IDLE_S seconds (default 30).
 // UNET_FAST_CPU_POOL=0 turns it off.
 #pragma once
 
@@ -36,7 +36,7 @@ BufferPoolStats buffer_pool_stats();
 // Gives the cached blocks back to the OS.
 void buffer_pool_empty_cache();
 
-// Seconds without pooled activity after which the cached blocks are given back.
+// Seconds a cached block may stay idle before it is given back.
 void buffer_pool_set_idle_seconds(double seconds);
 
 }  // namespace unet_fast

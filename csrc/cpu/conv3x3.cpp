@@ -188,9 +188,20 @@ at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight, 
   return forward_by(x, weight, bias, relu, parse_conv_algorithm(algorithm, ConvPass::kForward, x.scalar_type()));
 }
 
+// grad = relu_grad(grad, relu_out) in place: grad is the op's own new channels_last tensor.
+void relu_grad_in_place(at::Tensor& grad, const at::Tensor& relu_out) {
+  const at::Tensor mask = relu_out.contiguous(kChannelsLast);
+  const int64_t channels = grad.size(1), rows = grad.numel() / std::max<int64_t>(channels, 1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "relu_grad_in_place", [&] {
+    scalar_t* values = grad.mutable_data_ptr<scalar_t>();
+    relu_grad_and_bias_sum_typed<scalar_t>(values, mask.const_data_ptr<scalar_t>(), values, nullptr, rows, channels);
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& out,
-    std::array<bool, 3> output_mask, c10::string_view data_algorithm, c10::string_view weight_algorithm) {
+    std::array<bool, 3> output_mask, c10::string_view data_algorithm, c10::string_view weight_algorithm,
+    bool relu_input) {
   const PooledAllocations pooled;
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const auto dtype = grad_out.scalar_type();
@@ -199,7 +210,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cpu(
   const auto [grad, grad_bias] =
       masked_grad_and_bias_grad(grad_out, weight, out, output_mask[2], relu_grad_and_bias_sum_cpu);
   at::Tensor grad_x, grad_weight;
-  if (output_mask[0]) grad_x = data_grad_by(grad, x, weight, for_data);
+  if (output_mask[0]) {
+    grad_x = data_grad_by(grad, x, weight, for_data).contiguous(kChannelsLast);
+    if (relu_input) relu_grad_in_place(grad_x, x);
+  }
   if (output_mask[1]) grad_weight = weight_grad_by(grad, x, weight, for_weight);
   return {grad_x, grad_weight, grad_bias};
 }

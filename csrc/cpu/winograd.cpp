@@ -338,6 +338,12 @@ struct TileGrid {
   }
 };
 
+// x itself where each pixel's channels lie next to each other (channels_last, or a window of
+// such a tensor: the decoder's crop of a skip connection), else a channels_last copy.
+at::Tensor with_channels_innermost(const at::Tensor& x) {
+  return x.stride(1) == 1 ? x : x.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 // Buffers a thread keeps across its pieces of work: transform scratch and a row of zeros.
 template <typename T>
 struct TileScratch {
@@ -346,14 +352,16 @@ struct TileScratch {
   TileScratch(int64_t values_count, int64_t zeros_count) : values(values_count), zeros(zeros_count, T(0)) {}
 };
 
-// u[point][t][c] = (B^T d B) for tiles first .. first + count of the channels_last input x,
-// zero-padded by `pad`; d is the tile's window of x, starting `pad` before its output block.
+// u[point][t][c] = (B^T d B) for tiles first .. first + count of the input x (channels
+// innermost), zero-padded by `pad`; d is the tile's window of x, starting `pad` before its
+// output block.
 // Points lie point_stride apart in u (count x channels where u holds just these tiles).
 template <class W, typename T, typename G>
 void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& grid, int64_t first, int64_t count, G* u,
                            TileScratch<T>& scratch, int64_t point_stride) {
   constexpr int kTile = W::kTile, kPoints = kTile * kTile;
   const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
+  const int64_t image_stride = x.stride(0), row_stride = x.stride(2), pixel_stride = x.stride(3);
   const T* input = x.const_data_ptr<T>();
   const T* rows[kPoints];
   for (int64_t t = 0; t < count; ++t) {
@@ -362,7 +370,8 @@ void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& gri
       for (int b = 0; b < kTile; ++b) {
         const int64_t y = pos.y + a - pad, x = pos.x + b - pad;
         const bool inside = y >= 0 && y < height && x >= 0 && x < width;
-        rows[a * kTile + b] = inside ? input + ((pos.image * height + y) * width + x) * channels : scratch.zeros.data();
+        rows[a * kTile + b] =
+            inside ? input + pos.image * image_stride + y * row_stride + x * pixel_stride : scratch.zeros.data();
       }
     }
     input_transform<W, T, G>(rows, channels, scratch.values.data(), u + t * channels, point_stride);
@@ -488,7 +497,7 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
 template <class W>
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
                    bool float_gemm) {
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = with_channels_innermost(x_in);
   const int64_t c_out = weight.size(0);
   at::Tensor out = at::empty({x.size(0), c_out, x.size(2) - 2, x.size(3) - 2},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -520,7 +529,7 @@ template <class W>
 at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool float_gemm) {
   constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = with_channels_innermost(x_in);
   const int64_t c_in = x.size(1), c_out = grad.size(1);
   at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, acc_options(x));
   at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().memory_format(at::MemoryFormat::ChannelsLast));

@@ -32,9 +32,16 @@ at::Tensor conv3x3_bias_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask, c10::string_view, c10::string_view) {
+    const std::optional<at::Tensor>& out, std::array<bool, 3> output_mask, c10::string_view, c10::string_view,
+    bool relu_input) {
   const c10::cuda::CUDAGuard guard(grad_out.device());
-  return vendor_conv3x3_backward(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cuda);
+  auto [grad_x, grad_weight, grad_bias] =
+      vendor_conv3x3_backward(grad_out, x, weight, out, output_mask, relu_grad_and_bias_sum_cuda);
+  if (relu_input && grad_x.defined()) {
+    at::Tensor no_bias;
+    grad_x = relu_grad_and_bias_sum_cuda(grad_x, x.contiguous(at::MemoryFormat::ChannelsLast), no_bias);
+  }
+  return {grad_x, grad_weight, grad_bias};
 }
 
 }  // namespace

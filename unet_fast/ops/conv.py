@@ -51,13 +51,19 @@ def forward_on(backend: str, x, weight, bias, relu):
                  relu)
 
 
-def backward_on(backend: str, grad_out, x, weight, out, output_mask):
-    """The backward op of a kernel backend ("cpu", "cuda" or "triton")."""
+def backward_on(backend: str, grad_out, x, weight, out, output_mask, relu_input: bool = False):
+    """The backward op of a kernel backend ("cpu", "cuda" or "triton"); with `relu_input`, x's
+    gradient also goes through the backward of the ReLU whose output x is."""
     if backend == "triton":
-        return torch.ops.unet_fast.conv3x3_bias_relu_triton_backward(grad_out, x, weight, out, output_mask)
+        grad_x, grad_weight, grad_bias = torch.ops.unet_fast.conv3x3_bias_relu_triton_backward(
+            grad_out, x, weight, out, output_mask)
+        if relu_input and grad_x is not None:
+            grad_x = torch.where(x > 0, grad_x, 0)
+        return grad_x, grad_weight, grad_bias
     if backend == "cuda":
-        return torch.ops.unet_fast.conv3x3_bias_relu_backward(grad_out, x, weight, out, output_mask)
-    return tuned_backward(grad_out, x, weight, out, output_mask)
+        return torch.ops.unet_fast.conv3x3_bias_relu_backward(grad_out, x, weight, out, output_mask,
+                                                              relu_input=relu_input)
+    return tuned_backward(grad_out, x, weight, out, output_mask, relu_input)
 
 
 @backends.constant_when_compiled
@@ -78,21 +84,23 @@ def compiled_algorithm(kind, dtype, images, c_in, c_out, out_h, out_w) -> str:
     return tuning.settled(tuning.ConvShape(kind, dtype, images, c_in, c_out, out_h, out_w)).algorithm
 
 
-def tuned_backward(grad_out, x, weight, out, output_mask):
+def tuned_backward(grad_out, x, weight, out, output_mask, relu_input=False):
     """The CPU backward, each convolution pass by its tuned algorithm."""
     op = torch.ops.unet_fast.conv3x3_bias_relu_backward
     data, weights = tuning.ConvShape.of("data_grad", x, weight), tuning.ConvShape.of("weight_grad", x, weight)
     if torch.compiler.is_compiling():
         return op(grad_out, x, weight, out, output_mask, compiled_algorithm(*vars(data).values()),
-                  compiled_algorithm(*vars(weights).values()))
+                  compiled_algorithm(*vars(weights).values()), relu_input)
     passes = []
     if output_mask[0]:
-        passes.append((data, lambda a: op(grad_out, x, weight, out, [True, False, output_mask[2]], a, "direct")))
+        passes.append((data, lambda a: op(grad_out, x, weight, out, [True, False, output_mask[2]], a, "direct",
+                                          relu_input)))
     if output_mask[1]:
         passes.append((weights, lambda a: op(grad_out, x, weight, out, [False, True, False], "direct", a)))
 
     def together(algorithms):
-        return op(grad_out, x, weight, out, output_mask, algorithms.get(data, "direct"), algorithms.get(weights, "direct"))
+        return op(grad_out, x, weight, out, output_mask, algorithms.get(data, "direct"),
+                  algorithms.get(weights, "direct"), relu_input)
 
     return tuning.run_backward(passes, together, can_measure=not is_fake(grad_out))
 
@@ -146,7 +154,8 @@ def _fake(x, weight, bias, relu, algorithm="direct"):
     return new_conv_output(x, weight)
 
 
-def _fake_backward(grad_out, x, weight, out, output_mask, data_algorithm="direct", weight_algorithm="direct"):
+def _fake_backward(grad_out, x, weight, out, output_mask, data_algorithm="direct", weight_algorithm="direct",
+                   relu_input=False):
     grad_x = torch.empty_like(x, memory_format=torch.channels_last) if output_mask[0] else None
     grad_weight = torch.empty_like(weight) if output_mask[1] else None
     grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else None

@@ -5,9 +5,8 @@ without keeping the concatenated tensor.
 - triton: the convolution kernels read their input channels from ``up`` and from the window
   of ``skip`` directly, so the concatenated tensor never exists, forward or backward.
 - cpu, cuda: the join is built for the vendor convolution and dropped at once; the backward
-  builds it again for the weight's gradient (one copy, a few percent of the convolution)
-  instead of keeping it alive from forward to backward (``up`` is kept instead: half the
-  channels), and computes the inputs' gradients per source (csrc/crop_concat_conv.h).
+  never builds it: every gradient is taken per source, from ``up`` and from the window of
+  ``skip`` (a view), with their channels of the weight (csrc/crop_concat_conv.h).
 - torch: the composite of stock ops, the reference.
 """
 
@@ -25,6 +24,7 @@ from unet_fast.ops.conv import (
     conv3x3_bias_relu_composite,
     new_conv_output,
     tuned,
+    tuned_backward,
 )
 from unet_fast.ops.crop_concat import center_crop_offset, check_join_args, crop_concat_composite
 
@@ -52,43 +52,46 @@ def crop_concat_conv3x3(
         return torch.ops.unet_fast.crop_concat_conv3x3_triton(up, skip, weight, bias, relu)
     if chosen == "cuda":
         return torch.ops.unet_fast.crop_concat_conv3x3(up, skip, weight, bias, relu)
-    return tuned(torch.ops.unet_fast.crop_concat_conv3x3, _join_shape("forward", up, skip, weight),
+    return tuned(torch.ops.unet_fast.crop_concat_conv3x3, _join_forward(up, skip, weight),
                  up, skip, weight, bias, relu)
 
 
-def _join_shape(kind, up, skip, weight) -> tuning.ConvShape:
-    """A pass of the convolution of the join (up's size, the channels of both)."""
+def _join_forward(up, skip, weight) -> tuning.ConvShape:
+    """The forward of the convolution of the join (up's size, the channels of both)."""
     n, c_up, h, w = up.shape
-    return tuning.ConvShape(kind, str(up.dtype).removeprefix("torch."), int(n), int(c_up + skip.shape[1]),
+    return tuning.ConvShape("forward", str(up.dtype).removeprefix("torch."), int(n), int(c_up + skip.shape[1]),
                             int(weight.shape[0]), int(h) - 2, int(w) - 2)
 
 
 def _tuned_backward(grad_out, up, skip, weight, out, output_mask):
-    """The CPU backward, each of its three convolution passes by its tuned algorithm: the data
-    gradients of the up part (C_out -> Cu) and of the skip part (C_out -> Cs), and the weight's."""
+    """The CPU backward, each of its four convolution passes by its tuned algorithm: the data
+    and weight gradients of the up part (C_out <-> Cu) and of the skip window's (C_out <-> Cs).
+    While any is being measured, the parts run through the convolution's own tuned backward,
+    as the C++ op does them, so that each pass is timed alone."""
     op = torch.ops.unet_fast.crop_concat_conv3x3_backward
     up_channels = up.shape[1]
-    up_pass = tuning.ConvShape.of("data_grad", up, weight[:, :up_channels])
-    skip_pass = tuning.ConvShape.of("data_grad", _window(up, skip, crop=True), weight[:, up_channels:])
-    weight_pass = _join_shape("weight_grad", up, skip, weight)
+    window = _window(up, skip, crop=True)
+    parts = [(up, weight[:, :up_channels]), (window, weight[:, up_channels:])]
+    shapes = [tuning.ConvShape.of(kind, source, part) for kind in ("data_grad", "weight_grad") for source, part in parts]
     if torch.compiler.is_compiling():
         return op(grad_out, up, skip, weight, out, output_mask,
-                  *(compiled_algorithm(*vars(p).values()) for p in (up_pass, skip_pass, weight_pass)))
-    passes = []
-    if output_mask[0]:
-        passes.append((up_pass, lambda a: op(grad_out, up, skip, weight, out, [True, False, False, False], a)))
-    if output_mask[1]:
-        passes.append((skip_pass, lambda a: op(grad_out, up, skip, weight, out, [False, True, False, False],
-                                               "direct", a)))
-    if output_mask[2] or output_mask[3]:
-        passes.append((weight_pass, lambda a: op(grad_out, up, skip, weight, out, [False, False, *output_mask[2:]],
-                                                 "direct", "direct", a)))
-
-    def together(algorithms):
-        return op(grad_out, up, skip, weight, out, output_mask, *(algorithms.get(p, "direct") for p in
-                                                                   (up_pass, skip_pass, weight_pass)))
-
-    return tuning.run_backward(passes, together, can_measure=not is_fake(grad_out))
+                  *(compiled_algorithm(*vars(shape).values()) for shape in shapes))
+    can_measure = not is_fake(grad_out)
+    if not any(tuning.exploring(shape, can_measure) for shape in shapes):
+        return op(grad_out, up, skip, weight, out, output_mask, *tuning.settled_algorithms(shapes))
+    grad = torch.where(out > 0, grad_out, 0) if out is not None else grad_out
+    want_up, want_skip, want_weight, want_bias = output_mask
+    (_, up_weight), (_, skip_weight) = parts
+    grad_up, up_grad_weight, grad_bias = tuned_backward(grad, up, up_weight, None, [want_up, want_weight, want_bias])
+    grad_window, skip_grad_weight, _ = tuned_backward(grad, window, skip_weight, None, [want_skip, want_weight, False])
+    grad_skip = (torch.ops.unet_fast.crop_concat_backward(grad_window, 0, skip.shape[2], skip.shape[3])
+                 if want_skip else None)
+    grad_weight = None
+    if want_weight:
+        grad_weight = torch.empty_like(weight)
+        grad_weight[:, :up_channels] = up_grad_weight
+        grad_weight[:, up_channels:] = skip_grad_weight
+    return grad_up, grad_skip, grad_weight, grad_bias
 
 
 @backends.constant_when_compiled
