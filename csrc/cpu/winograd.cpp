@@ -30,6 +30,7 @@ namespace {
 constexpr int64_t kBudgetBytes = 8 << 20;
 constexpr int64_t kBf16BudgetBytes = 16 << 20;
 constexpr int64_t kMinPieceTiles = 32;
+constexpr int64_t kSumsBudgetBytes = 32 << 20;  // a weight gradient's transform-domain sums
 // The matrices of F(m x m, 3x3): B^T (tile x tile), G (tile x 3) and A^T (m x tile), for the
 // interpolation points 0, +-1 (m = 2), then +-2 (m = 4), then +-1/2 (m = 6), and infinity.
 template <int M>
@@ -278,18 +279,18 @@ UNET_FAST_CPU_CLONES void output_transform(const G* m, int64_t point_stride, int
 }
 
 // The transform A dY A^T of one m x m block of output gradient, the adjoint of the output
-// transform: dY's row p starts at rows[p] (columns q at rows[p] + q * channels), rows below the
-// output at a row of zeros, rows[m]; only the first `columns` columns are read. Points lie
+// transform: dY's row p starts at rows[p] (columns q at rows[p] + q * pixel_stride), rows below
+// the output at a row of zeros, rows[m]; only the first `columns` columns are read. Points lie
 // point_stride apart in dm, in the GEMM's type G; `scratch` holds tile x m x C values.
 template <class W, typename T, typename G>
-UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, Acc<T>* scratch, G* dm,
-                                         int64_t point_stride) {
+UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int64_t channels, int64_t pixel_stride,
+                                         Acc<T>* scratch, G* dm, int64_t point_stride) {
   constexpr int kTile = W::kTile, kOut = W::kOut;
   const auto a_matrix = [](int a, int p) { return W::AT[p][a]; };
   for (int q = 0; q < kOut; ++q) {  // columns: s[a][q] = (A dY)[a][q]
     const T* column[kOut];
     Acc<T>* out[kTile];
-    for (int p = 0; p < kOut; ++p) column[p] = q < columns ? rows[p] + q * channels : rows[kOut];
+    for (int p = 0; p < kOut; ++p) column[p] = q < columns ? rows[p] + q * pixel_stride : rows[kOut];
     for (int a = 0; a < kTile; ++a) out[a] = scratch + (a * kOut + q) * channels;
     combine<kTile, kOut>(a_matrix, column, out, channels);
   }
@@ -451,6 +452,7 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
   const std::vector<at::Tensor> product_buffers =
       piece_buffers<G>(x, worker_threads(kPoints), in_place ? 0 : c_out * c_in);
   const T* gradient = grad.const_data_ptr<T>();
+  const int64_t image_stride = grad.stride(0), row_stride = grad.stride(2), pixel_stride = grad.stride(3);
   grad_weight_t.zero_();
 
   for (int64_t first = 0; first < grid.tiles(); first += chunk) {
@@ -461,8 +463,9 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
     G* dm_data = dm.mutable_data_ptr<G>();
     const int64_t pieces = (count + per_piece - 1) / per_piece;
     for_each_piece(pieces, worker_threads(pieces), [&](int64_t) {
+      // zeros: a pixel's input channels, or a row of kOut gradient pixels pixel_stride apart
       auto scratch = std::make_shared<TileScratch<T>>(std::max(kPoints * c_in, kTile * kOut * c_out),
-                                                      std::max(c_in, kOut * c_out));
+                                                      std::max(c_in, kOut * pixel_stride));
       return [&, scratch](int64_t piece) {
         const int64_t begin = piece * per_piece, end = std::min(count, begin + per_piece);
         for (int64_t t = begin; t < end; ++t) {
@@ -472,10 +475,11 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
           rows[kOut] = scratch->zeros.data();  // a row of zeros
           for (int p = 0; p < kOut; ++p) {
             const int64_t y = pos.y + p;
-            rows[p] = y < out_h ? gradient + ((pos.image * out_h + y) * out_w + pos.x) * c_out : rows[kOut];
+            rows[p] = y < out_h ? gradient + pos.image * image_stride + y * row_stride + pos.x * pixel_stride : rows[kOut];
           }
           const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
-          grad_transform<W, T, G>(rows, columns, c_out, scratch->values.data(), dm_data + t * c_out, count * c_out);
+          grad_transform<W, T, G>(rows, columns, c_out, pixel_stride, scratch->values.data(), dm_data + t * c_out,
+                                  count * c_out);
         }
       };
     });
@@ -525,28 +529,39 @@ at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight, bool f
   return grad_x;
 }
 
+// The weight gradient is summed in the transform domain a slice of output channels at a time,
+// whose sums stay within kSumsBudgetBytes: the wide layers' sums are larger than their
+// gradients (F(4x4), 1024 -> 1024: 144 MiB against 36), and at 572 the bottleneck's set a
+// training step's peak memory; each further slice transforms the input tiles again, which
+// costs little beside those layers' GEMMs.
 template <class W>
 at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool float_gemm) {
   constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = with_channels_innermost(x_in);
   const int64_t c_in = x.size(1), c_out = grad.size(1);
-  at::Tensor grad_weight_t = at::empty({kPoints, c_out, c_in}, acc_options(x));
+  const auto sums_options = acc_options(x);
+  const int64_t slice = std::clamp<int64_t>(
+      kSumsBudgetBytes / (kPoints * c_in * int64_t(c10::elementSize(sums_options.dtype().toScalarType()))), 1, c_out);
   at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   with_types(x.scalar_type(), float_gemm, "winograd_conv3x3_weight_grad", [&](auto storage, auto gemm) {
     using scalar_t = decltype(storage);
-    winograd_weight_grad_typed<W, scalar_t, decltype(gemm)>(grad, x, grad_weight_t);
-    // Back from the transform domain, output channel by output channel.
-    const Acc<scalar_t>* du = grad_weight_t.const_data_ptr<Acc<scalar_t>>();
     scalar_t* g = grad_weight.mutable_data_ptr<scalar_t>();
-    parallel_pieces(0, c_out, 1, [&](int64_t begin, int64_t end) {
-      std::vector<Acc<scalar_t>> scratch(3 * W::kTile * c_in);
-      scalar_t* taps[9];
-      for (int64_t o = begin; o < end; ++o) {
-        for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
-        untransform_filters<W, scalar_t>(du + o * c_in, c_out * c_in, c_in, scratch.data(), taps);
-      }
-    });
+    for (int64_t first = 0; first < c_out; first += slice) {
+      const int64_t count = std::min(slice, c_out - first);
+      at::Tensor grad_weight_t = at::empty({kPoints, count, c_in}, sums_options);
+      winograd_weight_grad_typed<W, scalar_t, decltype(gemm)>(grad.narrow(1, first, count), x, grad_weight_t);
+      // Back from the transform domain, output channel by output channel.
+      const Acc<scalar_t>* du = grad_weight_t.const_data_ptr<Acc<scalar_t>>();
+      parallel_pieces(0, count, 1, [&](int64_t begin, int64_t end) {
+        std::vector<Acc<scalar_t>> scratch(3 * W::kTile * c_in);
+        scalar_t* taps[9];
+        for (int64_t o = begin; o < end; ++o) {
+          for (int k = 0; k < 9; ++k) taps[k] = g + ((first + o) * 9 + k) * c_in;
+          untransform_filters<W, scalar_t>(du + o * c_in, count * c_in, c_in, scratch.data(), taps);
+        }
+      });
+    }
   });
   return grad_weight;
 }
