@@ -35,8 +35,8 @@ class Block(nn.Module):
     def forward_joined(self, up: torch.Tensor, skip: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """The block on the decoder's join of ``up`` with the centre crop of ``skip``, without
         keeping the joined tensor."""
-        x = ops.crop_concat_conv3x3(up, skip, self.conv1.weight, self.conv1.bias, relu=True, backend=backend)
-        return ops.conv3x3_bias_relu(x, self.conv2.weight, self.conv2.bias, relu=self.final_relu, backend=backend)
+        return ops.crop_concat_conv3x3_block(up, skip, self.conv1.weight, self.conv1.bias, self.conv2.weight,
+                                             self.conv2.bias, self.final_relu, backend=backend)
 
 
 class Encoder(nn.Module):

@@ -45,15 +45,30 @@ def crop_concat_conv3x3(
     up, skip, weight, bias = autocast_inputs(up, skip, weight, bias)
     check_join_args(up, skip)
     check_filter(weight, bias, relu, up, up.shape[1] + skip.shape[1], tuple(up.shape[2:]), input_name="up")
-    chosen = _resolve(backend, up.device)
+    chosen = resolve_join_backend(backend, up.device)
     if chosen == "torch":
         return conv3x3_bias_relu_composite(crop_concat_composite(up, skip), weight, bias, relu)
-    if chosen == "triton":
+    return join_forward_on(chosen, up, skip, weight, bias, relu)
+
+
+def join_forward_on(backend: str, up, skip, weight, bias, relu):
+    """The forward op of a kernel backend ("cpu", "cuda" or "triton")."""
+    if backend == "triton":
         return torch.ops.unet_fast.crop_concat_conv3x3_triton(up, skip, weight, bias, relu)
-    if chosen == "cuda":
+    if backend == "cuda":
         return torch.ops.unet_fast.crop_concat_conv3x3(up, skip, weight, bias, relu)
     return tuned(torch.ops.unet_fast.crop_concat_conv3x3, _join_forward(up, skip, weight),
                  up, skip, weight, bias, relu)
+
+
+def join_backward_on(backend: str, grad_out, up, skip, weight, out, output_mask):
+    """The backward op of a kernel backend: the gradients of up, skip, weight and bias (each
+    None unless asked for), through the ReLU whose output is `out` if it is given."""
+    if backend == "triton":
+        return torch.ops.unet_fast.crop_concat_conv3x3_triton_backward(grad_out, up, skip, weight, out, output_mask)
+    if backend == "cuda":
+        return torch.ops.unet_fast.crop_concat_conv3x3_backward(grad_out, up, skip, weight, out, output_mask)
+    return _tuned_backward(grad_out, up, skip, weight, out, output_mask)
 
 
 def _join_forward(up, skip, weight) -> tuning.ConvShape:
@@ -82,10 +97,12 @@ def _tuned_backward(grad_out, up, skip, weight, out, output_mask):
     grad = torch.where(out > 0, grad_out, 0) if out is not None else grad_out
     want_up, want_skip, want_weight, want_bias = output_mask
     (_, up_weight), (_, skip_weight) = parts
-    grad_up, up_grad_weight, grad_bias = tuned_backward(grad, up, up_weight, None, [want_up, want_weight, want_bias])
+    # skip's part first, as the C++ op does: its window's gradient goes before up's is made
     grad_window, skip_grad_weight, _ = tuned_backward(grad, window, skip_weight, None, [want_skip, want_weight, False])
     grad_skip = (torch.ops.unet_fast.crop_concat_backward(grad_window, 0, skip.shape[2], skip.shape[3])
                  if want_skip else None)
+    del grad_window
+    grad_up, up_grad_weight, grad_bias = tuned_backward(grad, up, up_weight, None, [want_up, want_weight, want_bias])
     grad_weight = None
     if want_weight:
         grad_weight = torch.empty_like(weight)
@@ -95,7 +112,7 @@ def _tuned_backward(grad_out, up, skip, weight, out, output_mask):
 
 
 @backends.constant_when_compiled
-def _resolve(backend, device):
+def resolve_join_backend(backend, device):
     return backends.resolve_backend("crop_concat_conv3x3", backend, device)
 
 
@@ -185,7 +202,6 @@ if backends.extension_loaded():
     def _extension_backward(ctx, grad_out):
         up, skip, weight, out = ctx.saved_tensors
         mask = [*ctx.needs_input_grad[:3], ctx.has_bias and ctx.needs_input_grad[3]]
-        by = _tuned_backward if grad_out.device.type == "cpu" else _backward
-        return (*by(grad_out, up, skip, weight, out, mask), None, None)
+        return (*join_backward_on(grad_out.device.type, grad_out, up, skip, weight, out, mask), None, None)
 
     torch.library.register_autograd(_forward, _extension_backward, setup_context=_setup_context)
