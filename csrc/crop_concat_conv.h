@@ -73,7 +73,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_concat_co
     c10::string_view skip_data_algorithm, c10::string_view up_weight_algorithm,
     c10::string_view skip_weight_algorithm) {
   using namespace crop_concat_conv_detail;
-  at::Tensor grad = out ? at::where(*out > 0, grad_out, at::zeros({}, grad_out.options())) : grad_out;
+  at::Tensor grad = out ? at::where(*out <= 0, at::zeros({}, grad_out.options()), grad_out) : grad_out;
   const int64_t up_channels = up.size(1), skip_channels = weight.size(1) - up_channels;
   const int64_t h = up.size(2), w = up.size(3), height = skip.size(2), width = skip.size(3);
   const at::Tensor window = skip.narrow(2, center_crop_offset(height, h), h).narrow(3, center_crop_offset(width, w), w);

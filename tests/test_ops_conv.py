@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unet_fast import tuning
 from unet_fast.ops import conv3x3_bias_relu
 
 from conftest import backends_for, onednn_emulates
@@ -49,7 +50,7 @@ def test_forward_equals_conv2d_and_relu(backend, dtype, relu, shape, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_gradcheck_float64(backend, relu, with_bias, device):
+def test_gradcheck_and_gradgradcheck_float64(backend, relu, with_bias, device):
     x, weight, bias = make(2, 3, 7, 6, 4, device=device)
     # Keep pre-activations away from 0, where the ReLU has no derivative.
     bias = bias + torch.where(bias >= 0, 0.05, -0.05)
@@ -61,6 +62,7 @@ def test_gradcheck_float64(backend, relu, with_bias, device):
     # The interpreter takes ~0.1 s a call: the Triton kernels get gradcheck's fast mode (random
     # projections of the Jacobian rather than every column of it).
     assert torch.autograd.gradcheck(fn, args, fast_mode=backend == "triton")
+    assert torch.autograd.gradgradcheck(fn, args, fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -138,8 +140,8 @@ def test_autocast_runs_in_bfloat16(backend, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_direct_cpu_forward_is_onednns_convolution_then_relu(dtype, monkeypatch):
-    # The CPU backend fuses the ReLU into oneDNN's convolution as a post-op; the values are
-    # those of the convolution followed by the ReLU, bit for bit.
+    # The CPU backend's direct forward is oneDNN's convolution followed by relu_, bit for bit
+    # (not oneDNN's ReLU post-op, which turns NaN into 0).
     if dtype == torch.bfloat16 and onednn_emulates(dtype):
         pytest.skip("oneDNN emulates bf16 on this CPU: the backend computes it in fp32 (tested above)")
     monkeypatch.setenv("UNET_FAST_WINOGRAD", "0")
@@ -148,6 +150,37 @@ def test_direct_cpu_forward_is_onednns_convolution_then_relu(dtype, monkeypatch)
     ours = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
     assert torch.equal(ours, torch.relu(torch.convolution(x, weight, bias, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)))
     assert ours.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["one", "all"])
+def test_nan_input_gives_nan_where_torch_does_by_every_cpu_algorithm(dtype, kind):
+    # Winograd may widen a NaN to the rest of its output block (test_ops_conv_winograd.py);
+    # no algorithm may drop one.
+    x, weight, bias = (t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+                       for t in make(1, 8, 20, 19, 8, dtype=dtype))
+    if kind == "one":
+        x[0, 3, 7, 5] = float("nan")
+    else:
+        x.fill_(float("nan"))
+    want = torch.relu(F.conv2d(x.double(), weight.double(), bias.double())).isnan()
+    shape = tuning.ConvShape.of("forward", x, weight)
+    for algorithm in tuning.candidates(shape):
+        out = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, bias, True, algorithm)
+        assert out.isnan()[want].all(), algorithm
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_output_passes_its_gradient_as_torchs_relu(backend, device):
+    x, weight, bias = make(1, 3, 8, 8, 2, device=device)
+    x[0, 1, 3, 3] = float("nan")
+    got = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+    want = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+    grad = torch.randn(1, 2, 6, 6, dtype=x.dtype, device=device)
+    conv3x3_bias_relu(*got, backend=backend).backward(grad)
+    torch.relu(F.conv2d(*want)).backward(grad)
+    for ours, torchs in zip(got, want):
+        torch.testing.assert_close(ours.grad, torchs.grad, equal_nan=True)
 
 
 def test_output_is_channels_last():
@@ -166,6 +199,9 @@ def test_output_is_channels_last():
         (lambda a: a.update(x=a["x"].double()), TypeError, "weight has dtype torch.float32 but x has torch.float64"),
         (lambda a: a.update(x=a["x"].long()), TypeError, "x must have dtype"),
         (lambda a: a.update(relu=1), TypeError, "relu must be a bool"),
+        (lambda a: a.update(x=torch.randn(1, 0, 8, 8), weight=torch.randn(4, 0, 3, 3)), ValueError,
+         r"weight must have at least one output and one input channel, got shape \(4, 0, 3, 3\)"),
+        (lambda a: a.update(weight=torch.randn(0, 3, 3, 3), bias=None), ValueError, "at least one output"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, error, match):
@@ -221,8 +257,8 @@ def test_cpu_computes_in_fp32_where_onednn_emulates_the_dtype(dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_backward_can_apply_the_relu_its_input_came_out_of(backend, dtype, device):
     # relu_input: x is a ReLU's output (zeros included, one NaN), and x's gradient comes back
-    # through that ReLU's backward too, as if a separate ReLU backward followed; the weight's
-    # and the bias's gradients are untouched.
+    # through that ReLU's backward too, as torch's (threshold_backward: zero where x <= 0, so
+    # the NaN passes its gradient on); the weight's and the bias's gradients are untouched.
     from unet_fast.ops.conv import backward_on
 
     x, weight, _ = make(2, 4, 9, 8, 3, dtype=dtype, device=device)
@@ -233,7 +269,7 @@ def test_backward_can_apply_the_relu_its_input_came_out_of(backend, dtype, devic
     plain = backward_on(backend, grad, x, weight, None, mask)
     through = backward_on(backend, grad, x, weight, None, mask, relu_input=True)
     exactly = dict(rtol=0, atol=0, equal_nan=True)  # the NaN reaches the weight's gradient
-    torch.testing.assert_close(through[0], torch.where(x > 0, plain[0], 0), **exactly)
-    assert not through[0].isnan().any()
+    torch.testing.assert_close(through[0], torch.ops.aten.threshold_backward(plain[0], x, 0), **exactly)
+    assert through[0][0, 1, 2, 3] == plain[0][0, 1, 2, 3] != 0
     torch.testing.assert_close(through[1], plain[1], **exactly)
     torch.testing.assert_close(through[2], plain[2], **exactly)

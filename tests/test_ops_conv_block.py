@@ -48,10 +48,12 @@ def test_values_and_gradients_equal_the_composite(backend, final_relu, device):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("final_relu", [False, True])
-def test_gradcheck_float64(backend, final_relu, device):
+def test_gradcheck_and_gradgradcheck_float64(backend, final_relu, device):
     args = [t.requires_grad_() for t in make(n=1, c_in=2, side=7, c_mid=3, c_out=2, device=device)]
     fn = lambda *t: conv3x3_block(*t, final_relu, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, args, fast_mode=backend == "triton")
+    if backend != "triton":  # the interpreter takes ~40 s here; the Triton conv's is checked in test_ops_conv.py
+        assert torch.autograd.gradgradcheck(fn, args)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])

@@ -52,7 +52,7 @@ def test_forward_equals_crop_cat_and_conv(backend, dtype, relu, up_shape, skip_s
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("relu", [True, False])
-def test_gradcheck_float64(backend, relu, device):
+def test_gradcheck_and_gradgradcheck_float64(backend, relu, device):
     up, skip, weight, bias = make((1, 2, 5, 5), (1, 2, 8, 7), c_out=3, device=device)
     args = [t.requires_grad_() for t in (up, skip, weight, bias)]
 
@@ -60,6 +60,7 @@ def test_gradcheck_float64(backend, relu, device):
         return crop_concat_conv3x3(up, skip, weight, bias, relu, backend=backend)
 
     assert torch.autograd.gradcheck(fn, args, fast_mode=backend == "triton")
+    assert torch.autograd.gradgradcheck(fn, args, fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

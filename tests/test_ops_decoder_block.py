@@ -74,10 +74,12 @@ def test_equals_the_two_ops_it_replaces(backend, final_relu, device):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("final_relu", [False, True])
-def test_gradcheck_float64(backend, final_relu, device):
+def test_gradcheck_and_gradgradcheck_float64(backend, final_relu, device):
     args = [t.requires_grad_() for t in make((1, 2, 5, 5), (1, 2, 8, 7), device=device)]
     fn = lambda *t: crop_concat_conv3x3_block(*t, final_relu, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, args, fast_mode=backend == "triton")
+    if backend != "triton":  # the interpreter takes ~40 s here; the Triton conv's is checked in test_ops_conv.py
+        assert torch.autograd.gradgradcheck(fn, args)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])

@@ -76,9 +76,11 @@ def test_nan_propagates(backend, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradcheck_float64(backend, device):
+def test_gradcheck_and_gradgradcheck_float64(backend, device):
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: max_pool2x2(x, backend=backend), (x,), fast_mode=backend == "triton")
+    fn = lambda x: max_pool2x2(x, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,), fast_mode=backend == "triton")
+    assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])

@@ -65,9 +65,10 @@ def test_any_input_layout(backend, layout, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradcheck_float64(backend, device):
+def test_gradcheck_and_gradgradcheck_float64(backend, device):
     x, weight, bias = (t.requires_grad_() for t in make(2, 3, 3, 4, 2, dtype=torch.float64, device=device))
     assert torch.autograd.gradcheck(lambda *a: up_conv2x2(*a, backend=backend), (x, weight, bias))
+    assert torch.autograd.gradgradcheck(lambda *a: up_conv2x2(*a, backend=backend), (x, weight, bias))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

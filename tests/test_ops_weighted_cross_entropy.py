@@ -146,17 +146,17 @@ def test_non_contiguous_and_channels_last_inputs(backend, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("classes", [2, 3])
-def test_gradcheck_float64(backend, reduction, classes, device):
+def test_gradcheck_and_gradgradcheck_float64(backend, reduction, classes, device):
     logits, target, weight, class_weight = make(n=1, classes=classes, h=3, w=4, dtype=torch.float64, device=device)
     logits.requires_grad_()
     fast_mode = backend == "triton" and device.type == "cpu"
-    assert torch.autograd.gradcheck(
-        lambda z: unet_fast.weighted_softmax_cross_entropy(
-            z, target, weight, class_weight=class_weight, reduction=reduction, backend=backend
-        ),
-        (logits,),
-        fast_mode=fast_mode,
-    )
+
+    def fn(z):
+        return unet_fast.weighted_softmax_cross_entropy(z, target, weight, class_weight=class_weight,
+                                                        reduction=reduction, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (logits,), fast_mode=fast_mode)
+    assert torch.autograd.gradgradcheck(fn, (logits,), fast_mode=fast_mode)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in CUSTOM_OPS])
@@ -204,18 +204,20 @@ def test_module_wraps_the_op():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_backward_can_run_twice_and_unit_grad_is_not_copied(backend, device):
+def test_backward_can_run_twice_and_hands_out_its_own_gradient_each_time(backend, device):
     logits, target, weight, _ = make(device=device)
     hidden = logits.clone().requires_grad_()
-    seen = []
-    hidden.register_hook(seen.append)
     loss = unet_fast.weighted_softmax_cross_entropy(hidden, target, weight, backend=backend)
-    loss.backward(retain_graph=True)
-    loss.backward(torch.tensor(2.0, device=device))
-    torch.testing.assert_close(seen[1], 2 * seen[0])
+    (first,) = torch.autograd.grad(loss, hidden, retain_graph=True)
+    want = first.clone()
+    first.zero_()
+    (second,) = torch.autograd.grad(loss, hidden, retain_graph=True)
+    (doubled,) = torch.autograd.grad(loss, hidden, torch.tensor(2.0, device=device))
+    torch.testing.assert_close(second, want)
+    torch.testing.assert_close(doubled, 2 * want)
     reference_logits = logits.clone().requires_grad_()
     composite(reference_logits, target, weight, None, -100, "mean").backward()
-    torch.testing.assert_close(seen[0], reference_logits.grad, **TOL[torch.float32])
+    torch.testing.assert_close(second, reference_logits.grad, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
@@ -229,7 +231,8 @@ def test_forward_backward_allocates_only_the_gradient(backend, device):
 
     step()
     gradient_mb = logits.numel() * logits.element_size() / 2**20
-    assert peak_memory_mb(step, logits.device) < 1.5 * gradient_mb
+    # the gradient made in the forward, and the one the backward hands out
+    assert peak_memory_mb(step, logits.device) < 2.5 * gradient_mb
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,15 @@ def test_channels_batches_numpy_and_the_default_tile():
     torch.testing.assert_close(predict_tiled(model, image), _whole_image_output_default(model, image))
 
 
+def test_nan_in_the_image_gives_nan_logits():
+    model = unet_fast.UNet(**SMALL).eval()
+    assert predict_tiled(model, torch.full((1, 50, 50), float("nan")), tile=44).isnan().all()
+    image = torch.rand(1, 120, 120)
+    image[0, 90, 100] = float("nan")
+    logits = predict_tiled(model, image, tile=44)
+    assert logits[:, 90, 100].isnan().all() and not logits[:, :40, :40].isnan().any()  # beyond its reach
+
+
 def _whole_image_output_default(model, image):
     # The default tile covers a small image in one tile: the network on the mirror-padded image.
     geometry = model.geometry

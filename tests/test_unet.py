@@ -91,6 +91,57 @@ def test_retain_dim_matches_the_reference():
         assert fast(x).shape == (1, 2, 44, 44)
 
 
+@pytest.mark.parametrize("channels,layout", [(1, torch.contiguous_format), (1, torch.channels_last),
+                                             (3, torch.contiguous_format), (3, torch.channels_last)])
+@pytest.mark.parametrize("retain_dim", [False, True])
+def test_output_has_the_references_layout(channels, layout, retain_dim):
+    kwargs = dict(enc_chs=(channels, 4, 8, 16), dec_chs=(16, 8, 4), retain_dim=retain_dim, out_sz=(44, 44))
+    ref, fast = twins(**kwargs)
+    x = torch.randn(2, channels, 44, 44).contiguous(memory_format=layout)
+    with torch.no_grad():
+        want, got = ref(x), fast(x)
+    assert got.stride() == want.stride()
+    if layout == torch.contiguous_format:
+        got.view(2, -1)  # as a user of the post's model may
+
+
+@pytest.mark.parametrize("backend", FULL_WIDTH_BACKENDS)
+@pytest.mark.parametrize("kind", ["one pixel", "all"])
+def test_nan_input_gives_nan_wherever_the_reference_does(backend, kind):
+    # Winograd may widen a NaN to the rest of its output block (docs/winograd.md): the
+    # reference's NaN outputs are a subset of ours, never the other way round.
+    ref, fast = twins(**SMALL, backend=backend)
+    x = torch.randn(1, 1, 60, 60, device=DEVICE)
+    if kind == "all":
+        x.fill_(float("nan"))
+    else:
+        x[0, 0, 30, 29] = float("nan")
+    with torch.no_grad():
+        want, got = ref(x).isnan(), fast(x).isnan()
+    assert want.any() and got[want].all()
+
+
+@pytest.mark.parametrize("backend", FULL_WIDTH_BACKENDS)
+def test_double_backward_gives_the_references_second_derivatives(backend):
+    # A gradient penalty: the input's gradient as a graph, then its norm's gradient.
+    ref, fast = twins(**SMALL, backend=backend)
+    x = torch.randn(1, 1, 44, 44, device=DEVICE)
+    second = []
+    for model in (ref, fast):
+        inputs = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(model(inputs).sum(), inputs, create_graph=True)
+        second.append(torch.autograd.grad((g**2).sum(), list(model.parameters()), allow_unused=True))
+    nonzero = 0
+    for (name, param), want, got in zip(ref.named_parameters(), *second):
+        if want is not None:  # None: the gradient does not depend on it (the head's bias)
+            assert got is not None, name
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5, msg=name)
+            nonzero += bool(want.abs().sum() > 0)
+        elif got is not None:
+            assert not got.any(), name
+    assert nonzero >= 7
+
+
 def test_channels_last_input_gives_the_same_result():
     ref, fast = twins(**SMALL)
     x = torch.randn(2, 1, 44, 44)

@@ -112,13 +112,16 @@ class UNet(nn.Module):
         return self.geometry.valid_input_sizes(lo, hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits, in the layout the reference returns for x: channels_last only for a
+        channels_last x (the layers run channels_last in any case)."""
         self._check_input(x)
+        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         features = self.encoder(x, self.backend)
         x = self.decoder(features[-1], features[-2::-1], self.backend)
         x = self.head(x)
         if self.retain_dim:
             x = F.interpolate(x, self.out_sz)
-        return x
+        return x.contiguous(memory_format=layout)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -131,6 +134,11 @@ class UNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}, paper_block={self.paper_block}"
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether x is laid out channels_last and not also contiguous (as one channel is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _check_widths(enc_chs: Sequence[int], dec_chs: Sequence[int]) -> None:

@@ -67,26 +67,6 @@ at::Tensor relu_grad_and_bias_sum_cpu(const at::Tensor& grad, const at::Tensor& 
   return masked;
 }
 
-// oneDNN's convolution with the ReLU as its post-op (torch's mkldnn::_convolution_pointwise):
-// the same values as the convolution and then relu_, without the second pass over the output
-// (bf16 64 -> 64 at 570: 24 against 34 ms; fp32: the same). oneDNN types only, with the bias in
-// x's; elsewhere, or in a torch built without oneDNN, the convolution and relu_.
-at::Tensor conv3x3_relu_fused(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  using Signature = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                               c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t, c10::string_view,
-                               c10::List<std::optional<at::Scalar>>, std::optional<c10::string_view>);
-  static const auto fused = [] {
-    const auto schema = c10::Dispatcher::singleton().findSchema({"mkldnn::_convolution_pointwise", ""});
-    return schema ? std::optional(schema->typed<Signature>()) : std::nullopt;
-  }();
-  const auto dtype = x.scalar_type();
-  const bool onednn_type = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
-  if (!fused || !onednn_type || (bias && bias->scalar_type() != dtype)) return conv3x3_forward(x, weight, bias, true);
-  constexpr auto layout = at::MemoryFormat::ChannelsLast;
-  return fused->call(x.contiguous(layout), weight.contiguous(layout), bias, {0, 0}, {1, 1}, {1, 1}, 1, "relu",
-                     c10::List<std::optional<at::Scalar>>(), std::nullopt);
-}
-
 // The weight gradient of a layer with few input channels (the U-Net's first, 1 -> 64) as one
 // batched GEMM of the gradient with the unfolded input patches (9 C_in values a pixel), bound by
 // reading the gradient once; the vendor's ran at a few GFLOP/s there.
@@ -127,7 +107,7 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
       return (relu ? out.relu_() : out).contiguous(kChannelsLast);
     }
     default:
-      return relu ? conv3x3_relu_fused(x, weight, bias) : conv3x3_forward(x, weight, bias, false);
+      return conv3x3_forward(x, weight, bias, relu);  // relu_ keeps NaN; oneDNN's ReLU post-op does not
   }
 }
 

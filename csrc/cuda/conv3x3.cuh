@@ -9,7 +9,7 @@
 
 namespace unet_fast {
 
-// masked[i] = out[i] > 0 ? grad[i] : 0 over n contiguous elements of `type`.
+// masked[i] = out[i] <= 0 ? 0 : grad[i] over n contiguous elements of `type`.
 cudaError_t launch_relu_grad(const void* grad, const void* out, void* masked, int64_t n,
                              ElementType type, cudaStream_t stream);
 

@@ -81,7 +81,7 @@ def _masked_grad(g_ptr, y_ptr, offset, mask, RELU: tl.constexpr):
     g = tl.load(g_ptr + offset, mask=mask, other=0.0)
     if RELU:
         out = tl.load(y_ptr + offset, mask=mask, other=0.0)
-        g = tl.where(out > 0, g, 0.0)
+        g = tl.where(out <= 0, 0.0, g)  # a NaN output passes its gradient, as torch's
     return g
 
 
@@ -114,7 +114,7 @@ def conv3x3_forward_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + co, mask=co_mask, other=0.0).to(ACC)[None, :]
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.where(acc < 0, 0.0, acc)  # keeps NaN, as torch.relu
     offset = (img * o_sn + oy * o_sh + ox * o_sw)[:, None] + co[None, :] * o_sc
     tl.store(out_ptr + offset, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & co_mask[None, :])
 

@@ -22,6 +22,10 @@ import torch
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 ENV_VAR = "UNET_FAST_BACKEND"
+# The Triton convolutions have never been timed on a GPU: until they are, CUDA tensors take
+# cuDNN's convolution (the "cuda" backend with its fused passes, else stock PyTorch's), and
+# these run on Triton only when asked for.
+_TRITON_ONLY_ON_REQUEST = ("conv3x3_bias_relu", "crop_concat_conv3x3")
 
 
 def constant_when_compiled(fn):
@@ -76,10 +80,10 @@ def available_backends(op: str, device: torch.device | str) -> list[str]:
     found = []
     if device.type == "cpu" and _has_kernel(op, "CPU"):
         found.append("cpu")
-    if device.type == "cuda" and _has_triton_kernel(op):
-        found.append("triton")
     if device.type == "cuda" and _has_kernel(op, "CUDA"):
         found.append("cuda")
+    if device.type == "cuda" and _has_triton_kernel(op):
+        found.append("triton")
     if device.type == "cpu" and _has_triton_kernel(op) and triton_interpreted():
         found.append("triton")
     found.append("torch")
@@ -90,7 +94,8 @@ def _default_backend(op: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "cpu" if _has_kernel(op, "CPU") else "torch"
     if device.type == "cuda":
-        return available_backends(op, device)[0]
+        preferred = [b for b in available_backends(op, device) if b != "triton" or op not in _TRITON_ONLY_ON_REQUEST]
+        return preferred[0]
     return "torch"
 
 

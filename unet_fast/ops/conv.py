@@ -53,12 +53,16 @@ def forward_on(backend: str, x, weight, bias, relu):
 
 def backward_on(backend: str, grad_out, x, weight, out, output_mask, relu_input: bool = False):
     """The backward op of a kernel backend ("cpu", "cuda" or "triton"); with `relu_input`, x's
-    gradient also goes through the backward of the ReLU whose output x is."""
+    gradient also goes through the backward of the ReLU whose output x is. Under
+    ``backward(create_graph=True)`` (grad mode is on only then) the composite's, which can be
+    differentiated again: the kernels' backward passes cannot."""
+    if torch.is_grad_enabled():
+        return composite_backward(grad_out, x, weight, out, output_mask, relu_input)
     if backend == "triton":
         grad_x, grad_weight, grad_bias = torch.ops.unet_fast.conv3x3_bias_relu_triton_backward(
             grad_out, x, weight, out, output_mask)
         if relu_input and grad_x is not None:
-            grad_x = torch.where(x > 0, grad_x, 0)
+            grad_x = torch.where(x <= 0, 0, grad_x)
         return grad_x, grad_weight, grad_bias
     if backend == "cuda":
         return torch.ops.unet_fast.conv3x3_bias_relu_backward(grad_out, x, weight, out, output_mask,
@@ -111,6 +115,21 @@ def conv3x3_bias_relu_composite(x, weight, bias, relu):
     return F.relu(out) if relu else out
 
 
+def composite_backward(grad_out, x, weight, out, output_mask, relu_input=False):
+    """backward_on's gradients by stock differentiable ops: the ReLU's backward as torch's
+    (zero where out <= 0), ATen's convolution backward, and x's own ReLU if `relu_input`.
+    With `relu_input`, x enters the graph as relu(x) (the same values): a gradient that reaches
+    x through this graph goes through that ReLU's backward too, as x's own node expects."""
+    if relu_input:
+        x = F.relu(x)
+    grad = grad_out if out is None else torch.where(out <= 0, 0, grad_out)
+    grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(output_mask))
+    if relu_input and grad_x is not None:
+        grad_x = torch.where(x <= 0, 0, grad_x)
+    return grad_x, grad_weight, grad_bias
+
+
 def autocast_inputs(*tensors):
     """The floating-point tensors in the autocast dtype of the first one's device while autocast is on."""
     x = tensors[0]
@@ -132,6 +151,8 @@ def check_filter(weight, bias, relu, like: torch.Tensor, in_channels: int, size:
     check_same_device_and_dtype(**{input_name: like, "weight": weight})
     if tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"weight must be (C_out, C_in, 3, 3), got kernel size {tuple(weight.shape[2:])}")
+    if weight.shape[0] == 0 or weight.shape[1] == 0:
+        raise ValueError(f"weight must have at least one output and one input channel, got shape {tuple(weight.shape)}")
     if weight.shape[1] != in_channels:
         raise ValueError(f"weight takes {weight.shape[1]} input channels but {input_name} has {in_channels}")
     if size[0] < 3 or size[1] < 3:
@@ -174,8 +195,7 @@ def _register(forward_op, backward_op) -> None:
     def backward(ctx, grad_out):
         x, weight, out = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        grad_x, grad_weight, grad_bias = backward_op(grad_out, x, weight, out, mask)
-        return grad_x, grad_weight, grad_bias, None
+        return (*backward_on("triton", grad_out, x, weight, out, mask), None)
 
     torch.library.register_fake(forward_op)(_fake)
     torch.library.register_fake(backward_op)(_fake_backward)

@@ -13,6 +13,7 @@ without keeping the concatenated tensor.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import is_fake
 
 from unet_fast import tuning
@@ -21,6 +22,7 @@ from unet_fast.ops.conv import (
     autocast_inputs,
     check_filter,
     compiled_algorithm,
+    composite_backward,
     conv3x3_bias_relu_composite,
     new_conv_output,
     tuned,
@@ -63,12 +65,28 @@ def join_forward_on(backend: str, up, skip, weight, bias, relu):
 
 def join_backward_on(backend: str, grad_out, up, skip, weight, out, output_mask):
     """The backward op of a kernel backend: the gradients of up, skip, weight and bias (each
-    None unless asked for), through the ReLU whose output is `out` if it is given."""
+    None unless asked for), through the ReLU whose output is `out` if it is given. Under
+    ``backward(create_graph=True)`` the composite's, which can be differentiated again."""
+    if torch.is_grad_enabled():
+        return _composite_backward(grad_out, up, skip, weight, out, output_mask)
     if backend == "triton":
         return torch.ops.unet_fast.crop_concat_conv3x3_triton_backward(grad_out, up, skip, weight, out, output_mask)
     if backend == "cuda":
         return torch.ops.unet_fast.crop_concat_conv3x3_backward(grad_out, up, skip, weight, out, output_mask)
     return _tuned_backward(grad_out, up, skip, weight, out, output_mask)
+
+
+def _composite_backward(grad_out, up, skip, weight, out, output_mask):
+    """join_backward_on's gradients by stock differentiable ops, through the join."""
+    want_up, want_skip, want_weight, want_bias = output_mask
+    grad_joined, grad_weight, grad_bias = composite_backward(
+        grad_out, crop_concat_composite(up, skip), weight, out, [want_up or want_skip, want_weight, want_bias])
+    grad_up = grad_joined[:, : up.shape[1]] if want_up else None
+    grad_skip = None
+    if want_skip:
+        (top, left), (h, w), (height, width) = _window(up, skip), up.shape[2:], skip.shape[2:]
+        grad_skip = F.pad(grad_joined[:, up.shape[1]:], (left, width - left - w, top, height - top - h))
+    return grad_up, grad_skip, grad_weight, grad_bias
 
 
 def _join_forward(up, skip, weight) -> tuning.ConvShape:
@@ -94,7 +112,7 @@ def _tuned_backward(grad_out, up, skip, weight, out, output_mask):
     can_measure = not is_fake(grad_out)
     if not any(tuning.exploring(shape, can_measure) for shape in shapes):
         return op(grad_out, up, skip, weight, out, output_mask, *tuning.settled_algorithms(shapes))
-    grad = torch.where(out > 0, grad_out, 0) if out is not None else grad_out
+    grad = torch.where(out <= 0, 0, grad_out) if out is not None else grad_out
     want_up, want_skip, want_weight, want_bias = output_mask
     (_, up_weight), (_, skip_weight) = parts
     # skip's part first, as the C++ op does: its window's gradient goes before up's is made
@@ -139,7 +157,7 @@ def _register(forward_op, backward_op) -> None:
     def backward(ctx, grad_out):
         up, skip, weight, out = ctx.saved_tensors
         mask = [*ctx.needs_input_grad[:3], ctx.has_bias and ctx.needs_input_grad[3]]
-        return (*backward_op(grad_out, up, skip, weight, out, mask), None)
+        return (*join_backward_on("triton", grad_out, up, skip, weight, out, mask), None)
 
     torch.library.register_fake(forward_op)(_fake)
     torch.library.register_fake(backward_op)(_fake_backward)

@@ -58,6 +58,10 @@ def _setup_context(ctx, inputs, output):
 def _register(forward_op, backward_op) -> None:
     def backward(ctx, grad_out):
         x, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # backward(create_graph=True): one that can be differentiated again
+            _, indices = F.max_pool2d(x.detach(), 2, return_indices=True)
+            return torch.ops.aten.max_pool2d_with_indices_backward(grad_out, x, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                                   False, indices)
         return backward_op(grad_out, x, out)
 
     torch.library.register_fake(forward_op)(_new_output)

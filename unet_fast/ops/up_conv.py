@@ -79,6 +79,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    if torch.is_grad_enabled():  # backward(create_graph=True): ATen's, which can be differentiated again
+        return torch.ops.aten.convolution_backward(grad_out, x, weight, [weight.shape[1]], [2, 2], [0, 0], [1, 1],
+                                                   True, [0, 0], 1, mask)
     return torch.ops.unet_fast.up_conv2x2_backward(grad_out, x, weight, mask)
 
 

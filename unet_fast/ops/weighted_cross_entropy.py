@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import is_fake
 
 from unet_fast.ops import backends
 from unet_fast.ops._checks import FLOATING_DTYPES, check_tensor
@@ -121,7 +120,8 @@ def _fake(logits, target, weight, class_weight, ignore_index, reduction, compute
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.reduction = inputs[5]
+    logits, target, weight, class_weight, ctx.ignore_index, ctx.reduction = inputs[:6]
+    ctx.save_for_backward(logits, target, weight, class_weight)  # for create_graph=True only
     ctx.grad_logits = output[1]
     ctx.mark_non_differentiable(output[1])
     # The gradient output is data: no N x C x H x W zeros for its (absent) incoming gradient.
@@ -129,17 +129,19 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _):
-    """The gradient was computed in the forward for grad_output = 1: for ``loss.backward()`` it
-    is returned as it is, with no second N x C x H x W tensor (it is never modified, so
-    backward can run again); other grad_outputs scale it."""
+    """The gradient was computed in the forward for grad_output = 1; it is scaled into a new
+    tensor, so that each backward hands out its own and a retained graph can run again."""
     grad = ctx.grad_logits
     if grad_loss is None:  # only the (non-differentiable) gradient output was given a grad
         return None, None, None, None, None, None, None
+    if torch.is_grad_enabled():  # backward(create_graph=True): the composite's, differentiable again
+        logits, target, weight, class_weight = ctx.saved_tensors
+        loss = weighted_softmax_cross_entropy_composite(logits, target, weight, class_weight, ctx.ignore_index,
+                                                        ctx.reduction)
+        (grad,) = torch.autograd.grad(loss, logits, grad_loss, create_graph=True)
+        return grad, None, None, None, None, None, None
     if ctx.reduction == "none":
-        return grad * grad_loss.unsqueeze(1), None, None, None, None, None, None
-    if not (torch.compiler.is_compiling() or is_fake(grad_loss)) and grad_loss.device.type == "cpu":
-        if grad_loss.item() == 1.0:
-            return grad, None, None, None, None, None, None
+        grad_loss = grad_loss.unsqueeze(1)
     return grad * grad_loss, None, None, None, None, None, None
 
 
