@@ -1,5 +1,7 @@
 """Training configuration and checkpoint files."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -60,3 +62,13 @@ def test_load_errors_name_the_file(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a unet_fast checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+    torch.save({"format": 1, "model": Path("an object")}, tmp_path / "objects.pt")
+    with pytest.raises(ValueError, match="holds Python objects other than tensors") as error:
+        load_checkpoint(tmp_path / "objects.pt")
+    assert "weights_only" not in str(error.value)
+    torch.save({"format": 1, "config": {"no_such_option": 3}}, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match="configuration does not fit this unet_fast version"):
+        load_checkpoint(tmp_path / "newer.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "other.pt").read_bytes()[:-40])
+    with pytest.raises(ValueError, match="cannot read checkpoint .*cut.pt"):
+        load_checkpoint(tmp_path / "cut.pt")

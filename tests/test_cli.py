@@ -1,15 +1,30 @@
 """The unet-fast command line."""
 
 import json
+import math
+import os
+import re
 
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from unet_fast import cli, data, files
 from unet_fast.checkpoint import load_checkpoint
 
 TINY = ["--widths", "4,8,16", "--tile", "60", "--val-every", "0", "--checkpoint-every", "0"]
+
+
+def fails_with(argv, match, capsys):
+    """A user's error: one line on stderr (after any progress bar), exit status 2, no traceback."""
+    capsys.readouterr()  # what earlier commands printed
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    assert last.startswith(f"unet-fast {argv[0]}: error: ") and re.search(match, last), err
 
 
 @pytest.mark.parametrize("command", ["train", "predict", "demo", "bench", "tune"])
@@ -45,18 +60,16 @@ def test_train_on_a_folder_then_predict_it(tmp_path, capsys):
 def test_train_resumes_with_the_saved_configuration(tmp_path, capsys):
     cli.main(["train", "--out", str(tmp_path), "--steps", "1", "--synthetic-images", "1", "--synthetic-size", "64",
               "--optimizer", "adam", *TINY])
-    with pytest.raises(FileExistsError, match="pass --resume"):
-        cli.main(["train", "--out", str(tmp_path), "--steps", "2"])
+    fails_with(["train", "--out", str(tmp_path), "--steps", "2"], "pass --resume", capsys)
     cli.main(["train", "--out", str(tmp_path), "--steps", "2", "--resume"])
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint["step"] == 2 and checkpoint["config"].optimizer == "adam"
-    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
-        cli.main(["train", "--out", str(tmp_path / "elsewhere"), "--resume"])
+    fails_with(["train", "--out", str(tmp_path / "elsewhere"), "--resume"], "--resume: no checkpoint", capsys)
 
 
-def test_train_rejects_a_tile_the_network_cannot_take(tmp_path):
-    with pytest.raises(ValueError, match="tile 61 does not fit this U-Net.*Nearest valid sizes: 60 and 64"):
-        cli.main(["train", "--out", str(tmp_path), "--widths", "4,8,16", "--tile", "61"])
+def test_train_rejects_a_tile_the_network_cannot_take(tmp_path, capsys):
+    fails_with(["train", "--out", str(tmp_path), "--widths", "4,8,16", "--tile", "61"],
+               "tile 61 does not fit this U-Net.*Nearest valid sizes: 60 and 64", capsys)
 
 
 def test_demo_trains_segments_and_reports(tmp_path, capsys):
@@ -82,9 +95,8 @@ def test_bench_prints_the_table_and_writes_json(capsys, tmp_path):
     assert [p["model"] for p in saved["training_processes"]] == ["unet_fast", "reference"]
 
 
-def test_bench_refuses_an_invalid_size():
-    with pytest.raises(ValueError, match="--size 190 does not fit.*Nearest valid sizes: 188 and 204"):
-        cli.main(["bench", "--size", "190"])
+def test_bench_refuses_an_invalid_size(capsys):
+    fails_with(["bench", "--size", "190"], "--size 190 does not fit.*Nearest valid sizes: 188 and 204", capsys)
 
 
 def test_tune_measures_a_network_and_caches_its_choices(tmp_path, capsys, monkeypatch):
@@ -102,6 +114,65 @@ def test_tune_measures_a_network_and_caches_its_choices(tmp_path, capsys, monkey
         tuning.forget()
 
 
-def test_tune_refuses_an_invalid_size():
-    with pytest.raises(ValueError, match="--size 61 does not fit"):
-        cli.main(["tune", "--widths", "4,8,16", "--size", "61"])
+def test_tune_refuses_an_invalid_size(capsys):
+    fails_with(["tune", "--widths", "4,8,16", "--size", "61"], "--size 61 does not fit", capsys)
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("--lr", "nan", "lr must be a finite number > 0, got nan"),
+    ("--lr", "0", "lr must be a finite number > 0"),
+    ("--checkpoint-every", "-1", r"checkpoint_every must be >= 0 \(0: never\), got -1"),
+    ("--val-every", "-5", "val_every must be >= 0"),
+    ("--sigma", "inf", "sigma must be a finite number > 0"),
+])
+def test_train_rejects_bad_numbers_before_training(tmp_path, capsys, option, value, match):
+    fails_with(["train", "--out", str(tmp_path / "run"), option, value], match, capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_stops_when_the_loss_diverges_keeping_the_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    fails_with(["train", "--out", str(run), "--synthetic-images", "1", "--synthetic-size", "64", "--widths", "4,8,16",
+                "--tile", "60", "--val-every", "0", "--checkpoint-every", "1", "--steps", "8", "--lr", "1e30"],
+               r"the loss became (nan|inf) at step ([2-8]).*the last checkpoint, of step [1-7], is .*--lr", capsys)
+    checkpoint = load_checkpoint(run)
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert all(math.isfinite(loss) for loss in checkpoint["history"]["loss"])
+
+
+def test_a_run_folder_is_held_by_one_run(tmp_path, capsys):
+    from unet_fast.run_folder import locked_run_folder
+
+    with locked_run_folder(tmp_path / "run", ()):
+        fails_with(["train", "--out", str(tmp_path / "run"), "--steps", "1", *TINY],
+                   rf"--out .*run is in use by another unet-fast run \(process {os.getpid()}\)", capsys)
+    (tmp_path / "file").write_text("mine")
+    fails_with(["train", "--out", str(tmp_path / "file"), "--steps", "1", *TINY], "is a file, not a folder", capsys)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_run_removes_the_temporaries_a_killed_save_left(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = [run / ".model.pt.abc123.pt", run / ".training_curve.png.x1y2z3.png"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (run / ".notes.txt").write_text("mine")
+    cli.main(["train", "--out", str(run), "--steps", "1", "--synthetic-images", "1", "--synthetic-size", "64", *TINY])
+    assert not any(path.exists() for path in stale) and (run / ".notes.txt").read_text() == "mine"
+
+
+def test_predict_never_writes_over_an_input_and_keeps_names_apart(tmp_path, capsys):
+    _folder_dataset(tmp_path / "data", count=1)
+    cli.main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "1", *TINY])
+    images = tmp_path / "data" / "images"
+    before = {path: path.read_bytes() for path in images.iterdir()}
+    checkpoint = ["--checkpoint", str(tmp_path / "run" / "model.pt")]
+    fails_with(["predict", *checkpoint, str(images), "--out", str(images)], "would write over the input image", capsys)
+    assert {path: path.read_bytes() for path in images.iterdir()} == before
+    image = files.read_frames(images / "cell0.tif")[0]
+    files.write_labels(images / "cell0.png", (image / image.max() * 255).astype(np.uint8))
+    cli.main(["predict", *checkpoint, str(images), "--out", str(tmp_path / "masks")])
+    written = sorted(path.name for path in (tmp_path / "masks").iterdir())
+    assert written == ["cell0.png", "cell0.tif", "cell0_png_overlay.png", "cell0_tif_overlay.png"]
+    assert "wrote 4 files" in capsys.readouterr().out

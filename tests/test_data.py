@@ -110,3 +110,26 @@ def test_folder_dataset_errors_name_the_problem(tmp_path):
     (tmp_path / "masks/x.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image .*x.png"):
         data.folder_dataset(tmp_path)
+    _write(tmp_path / "masks/x.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"x.png is a colour image \(8, 8, 3\): a label image must have one channel"):
+        data.folder_dataset(tmp_path)
+    (tmp_path / "masks/x.png").unlink()
+    _write(tmp_path / "masks/x.tif", np.full((8, 8), 0.5, np.float32))
+    with pytest.raises(ValueError, match="mask .*x.tif: a mask must hold integer labels, got dtype float32"):
+        data.folder_dataset(tmp_path)
+
+
+def test_instance_ids_of_any_size_and_masks_without_background():
+    mask = np.zeros((6, 8), np.uint64)
+    mask[:3, :4], mask[:3, 4:], mask[3:, :] = 2**40, 2**31 + 5, 3  # every pixel an object, huge ids
+    labels = data.instance_labels(mask)
+    assert labels.dtype == np.int32 and sorted(np.unique(labels)) == [1, 2, 3]
+    assert len({(m, l) for m, l in zip(mask.ravel(), labels.ravel())}) == 3  # one label per id
+    two = np.ones((4, 4), np.int64)
+    two[:, 2:] = 2  # two touching objects and no background: not a binary mask
+    np.testing.assert_array_equal(data.instance_labels(two), two)
+    binary = np.zeros((4, 5), np.uint8)
+    binary[:, :2], binary[:, 3:] = 9, 9
+    assert sorted(np.unique(data.instance_labels(binary))) == [0, 1, 2]  # components
+    with pytest.raises(ValueError, match="mask labels must be >= 0"):
+        data.instance_labels(-np.ones((2, 2), np.int16))

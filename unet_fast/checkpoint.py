@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,15 @@ class TrainConfig:
         for name in ("steps", "batch_size", "synthetic_images", "synthetic_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("val_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
+        for name, positive in (("lr", True), ("sigma", True), ("w0", False), ("elastic_sigma", False)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not self.widths or min(self.widths) < 1:
             raise ValueError(f"widths must be positive channel counts, got {self.widths}")
         if not 0 <= self.val_fraction < 1:
@@ -95,13 +106,22 @@ def load_checkpoint(path: str | Path) -> dict:
         path = path / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"cannot read checkpoint {path}: it is not a file torch.save wrote (damaged, or another "
+                         "kind of file)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle and zip errors alike mean the file is not ours or is damaged
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} is not a unet_fast checkpoint: it holds Python objects other than tensors and "
+                         "plain data, which unet_fast does not load (unpickling them could run any code)") from None
+    except Exception as error:  # zip and storage errors: a damaged file
+        raise ValueError(f"cannot read checkpoint {path}: it is damaged ({type(error).__name__})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{path} is not a unet_fast checkpoint (format {FORMAT})")
-    checkpoint["config"] = TrainConfig(**checkpoint["config"])
+    try:
+        checkpoint["config"] = TrainConfig(**checkpoint["config"])
+    except TypeError as error:
+        raise ValueError(f"{path}: its training configuration does not fit this unet_fast version ({error})") from None
     return checkpoint
 
 

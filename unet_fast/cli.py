@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -208,7 +209,21 @@ def main(argv: list[str] | None = None) -> None:
     tune.add_argument("--inference", action="store_true", help="forward passes only")
     tune.set_defaults(run=_tune)
     args = parser.parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (ValueError, OSError, RuntimeError) as error:
+        if not _users_error(error):
+            raise
+        # what the user asked for cannot be done: one line, as argparse reports a bad option
+        print(f"unet-fast {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _users_error(error: Exception) -> bool:
+    """Bad input, files and folders, or a run that diverged; not a fault of this program."""
+    from unet_fast.training import TrainingDiverged
+
+    return isinstance(error, (ValueError, OSError, TrainingDiverged))
 
 
 if __name__ == "__main__":

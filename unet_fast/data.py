@@ -158,29 +158,35 @@ def folder_dataset(root: str | Path) -> list[Sample]:
 
 def _samples_of(image_path: Path, mask_path: Path) -> list[Sample]:
     frames = files.read_frames(image_path)
-    mask_frames = files.read_frames(mask_path)
+    mask_frames = files.read_frames(mask_path, labels=True)
     if frames.shape != mask_frames.shape:
         raise ValueError(
             f"image {image_path.name} has shape {_describe(frames)} but its mask {mask_path.name} has {_describe(mask_frames)}"
         )
-    if not np.issubdtype(mask_frames.dtype, np.integer):
-        raise ValueError(f"mask {mask_path.name} must hold integer labels, got dtype {mask_frames.dtype}")
     samples = []
     for index, (image, mask) in enumerate(zip(frames, mask_frames)):
         name = image_path.stem if len(frames) == 1 else f"{image_path.stem}[{index}]"
-        samples.append(Sample(normalize_percentiles(image.astype(np.float32)), instance_labels(mask), name))
+        try:
+            labels = instance_labels(mask)
+        except ValueError as error:
+            raise ValueError(f"mask {mask_path}: {error}") from None
+        samples.append(Sample(normalize_percentiles(image.astype(np.float32)), labels, name))
     return samples
 
 
 def instance_labels(mask: np.ndarray) -> np.ndarray:
-    """Instance labels from a mask: a binary mask (at most two values, 0 = background) becomes
-    its connected components; anything else is taken as instance labels already."""
-    values = np.unique(mask)
-    if values.size <= 2:
-        return ndimage.label(mask > 0)[0].astype(np.int32)
+    """Instance labels (int32) from an integer mask: a binary one (0 and one other value)
+    becomes its connected components; anything else is taken as instance labels already,
+    numbered 1..K in the order of their ids (0 stays background)."""
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(f"a mask must hold integer labels, got dtype {mask.dtype}")
+    values, numbered = np.unique(mask, return_inverse=True)
     if values[0] < 0:
-        raise ValueError(f"mask labels must be >= 0, found {values[0]}")
-    return mask.astype(np.int32)
+        raise ValueError(f"mask labels must be >= 0 (0: background), found {values[0]}")
+    if values.size == 1 or (values.size == 2 and values[0] == 0):
+        return ndimage.label(mask > 0)[0].astype(np.int32)
+    first = 0 if values[0] == 0 else 1
+    return (numbered.reshape(mask.shape) + first).astype(np.int32)
 
 
 def _describe(frames: np.ndarray) -> str:

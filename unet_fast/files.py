@@ -15,8 +15,9 @@ import numpy as np
 TIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def read_frames(path: str | Path) -> np.ndarray:
-    """The 2D frames of an image file as (frames, H, W); colour (H, W, 3 or 4) is averaged to grey."""
+def read_frames(path: str | Path, labels: bool = False) -> np.ndarray:
+    """The 2D frames of an image file as (frames, H, W); colour (H, W, 3 or 4) is averaged to
+    grey, or refused for a label image (``labels``)."""
     import tifffile
     from PIL import Image
 
@@ -30,6 +31,8 @@ def read_frames(path: str | Path) -> np.ndarray:
     except Exception as error:  # each reader has its own exception types for a broken file
         raise ValueError(f"cannot read image {path}: {error}") from error
     if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:
+        if labels:
+            raise ValueError(f"{path} is a colour image {array.shape}: a label image must have one channel")
         array = array[..., :3].mean(axis=-1)
     if array.ndim == 2:
         array = array[None]

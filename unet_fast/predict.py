@@ -4,6 +4,7 @@ keep touching cells apart)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +40,46 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
 def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str | Path, *, tile: int | None = None,
                   batch_size: int = 4, progress: bool = False) -> list[Path]:
     """Writes, per input image, ``out_dir/NAME.<its suffix>`` with the instance labels (a stack
-    for a stack) and ``out_dir/NAME_overlay.png`` (``NAME_<frame>_overlay.png`` for stacks).
-    Returns the paths written."""
+    for a stack) and ``out_dir/NAME_overlay.png`` (``NAME_<frame>_overlay.png`` for stacks;
+    NAME_<suffix> where two inputs share a name, as a.tif and a.png). Refuses, before writing
+    anything, to write over an input or twice to one file. Returns the paths written."""
     out_dir = Path(out_dir)
-    written = []
-    for path in image_paths(inputs):
+    paths = image_paths(inputs)
+    kept = {path.resolve() for path in paths}  # never written over
+    written: list[Path] = []
+    for path, mask_path, overlay_stem in _planned_outputs(paths, out_dir):
         frames = files.read_frames(path)
         images = [data.normalize_percentiles(frame.astype(np.float32)) for frame in frames]
         labels = np.stack([segment(model, image, tile=tile, batch_size=batch_size, progress=progress) for image in images])
-        mask_path = out_dir / path.name
         files.write_labels(mask_path, labels[0] if len(labels) == 1 else labels)
         written.append(mask_path)
+        kept.add(mask_path.resolve())
         for index, (image, frame_labels) in enumerate(zip(images, labels)):
             suffix = "_overlay.png" if len(labels) == 1 else f"_{index}_overlay.png"
-            overlay_path = out_dir / f"{path.stem}{suffix}"
+            overlay_path = out_dir / f"{overlay_stem}{suffix}"
+            if overlay_path.resolve() in kept:
+                raise ValueError(f"the overlay of {path} would replace {overlay_path}, an input or a file "
+                                 "written for another input: rename one of them or choose another --out")
             files.write_rgb(overlay_path, files.overlay(image, frame_labels))
             written.append(overlay_path)
+            kept.add(overlay_path.resolve())
     return written
+
+
+def _planned_outputs(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path, str]]:
+    """(input, label file, overlay name stem) per input, refusing outputs that would replace an
+    input or each other."""
+    inputs = {path.resolve(): path for path in paths}
+    stems = Counter(path.stem for path in paths)
+    planned, targets = [], {}
+    for path in paths:
+        mask_path = out_dir / path.name
+        if mask_path.resolve() in inputs:
+            raise ValueError(f"--out {out_dir} would write over the input image {path}: choose another folder")
+        if mask_path.resolve() in targets:
+            raise ValueError(f"{targets[mask_path.resolve()]} and {path} would both be written to {mask_path}: "
+                             "predict them into different folders")
+        targets[mask_path.resolve()] = path
+        stem = path.stem if stems[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+        planned.append((path, mask_path, stem))
+    return planned

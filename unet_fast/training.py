@@ -10,9 +10,9 @@ one process with N x B tiles: both average the same per-tile losses.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,17 @@ from unet_fast.augment import elastic_deform, flip_rotate
 from unet_fast.checkpoint import TrainConfig, load_checkpoint, save_checkpoint
 from unet_fast.init import init_paper_
 from unet_fast.losses import WeightedSoftmaxCrossEntropyLoss
+from unet_fast.run_folder import locked_run_folder
 from unet_fast.tiling import mirror_window, predict_tiled
 from unet_fast.weights import weight_map
 
 # Fields that may change when a run is resumed: how long it runs and how often it reports.
 RESUMABLE_CHANGES = ("steps", "val_every", "checkpoint_every")
+WRITTEN = ("model.pt", "training_curve.png")  # what a run writes into its folder
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stopped before that step changed the model."""
 
 
 def datasets(config: TrainConfig) -> tuple[list[data.Sample], list[data.Sample]]:
@@ -88,17 +94,32 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     out_dir = Path(out_dir)
     checkpoint_path = out_dir / "model.pt"
     rank, world, device = _start_distributed()
+    with locked_run_folder(out_dir, WRITTEN) if rank == 0 else contextlib.nullcontext():
+        history = _run(config, checkpoint_path, resume, progress, rank, world, device)
+    if world > 1:
+        # Every rank leaves together: rank 0 saves and plots after its last step, and a group
+        # destroyed while a peer has already gone can hang. (After an error, nothing is
+        # destroyed: torchrun stops the other ranks.)
+        dist.barrier()
+        dist.destroy_process_group()
+    return history
+
+
+def _run(config: TrainConfig, checkpoint_path: Path, resume: bool, progress: bool, rank: int, world: int,
+         device: torch.device) -> dict:
+    """train()'s steps, in a folder this process holds (rank 0) or a peer holds."""
     torch.manual_seed(config.seed)
     model = init_paper_(config.build_model(), torch.Generator().manual_seed(config.seed)).to(device)
     optimizer = _optimizer(config, model)
     step, history = 0, {"loss": [], "validation": []}
     if resume:
         step, history = _restore(checkpoint_path, config, model, optimizer)
+    saved = step if resume else None  # the step of the checkpoint on disk
     train_set, validation_set = datasets(config)
     sampler = TileSampler(train_set, config)
     network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loss_function = WeightedSoftmaxCrossEntropyLoss()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
     bar = tqdm(range(step, config.steps), initial=step, total=config.steps, desc="training", unit="step",
                disable=not progress or rank != 0)
     for step in bar:
@@ -108,6 +129,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             logits = network(images)
         loss = sum(loss_function(logits[i:i + 1].float(), targets[i:i + 1], weights[i:i + 1])
                    for i in range(len(tiles))) / len(tiles)
+        _stop_if_diverged(loss, step, world, checkpoint_path, saved)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in optimizer.param_groups:
@@ -123,17 +145,25 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         bar.set_postfix(status, refresh=False)
         if rank == 0 and (done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0)):
             save_checkpoint(checkpoint_path, config=config, model=model, optimizer=optimizer, step=done, history=history)
+            saved = done
     if rank == 0:
         from unet_fast.plots import training_curve
 
-        training_curve(history, out_dir / "training_curve.png")
-    if world > 1:
-        # Every rank leaves together: rank 0 saves and plots after its last step, and a group
-        # destroyed while a peer has already gone can hang. (After an error, nothing is
-        # destroyed: torchrun stops the other ranks.)
-        dist.barrier()
-        dist.destroy_process_group()
+        training_curve(history, checkpoint_path.parent / "training_curve.png")
     return history
+
+
+def _stop_if_diverged(loss: torch.Tensor, step: int, world: int, checkpoint_path: Path, saved: int | None) -> None:
+    """Raises TrainingDiverged on every rank if any rank's loss is NaN or infinite, before the
+    step's update reaches the model."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32)
+    if world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if finite.item():
+        return
+    kept = f"the last checkpoint, of step {saved}, is {checkpoint_path}" if saved else "no checkpoint was written"
+    raise TrainingDiverged(f"the loss became {loss.item()} at step {step + 1}, so training stopped before that "
+                           f"step changed the model; {kept}. A lower --lr may help.")
 
 
 def validate(model: torch.nn.Module, samples: list[data.Sample], tile: int) -> dict[str, float]:

@@ -37,10 +37,14 @@ def weight_map(
         raise ValueError(f"labels must be (H, W) or (N, H, W), got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"labels must hold integer instance labels, got dtype {array.dtype}")
-    if array.size and array.min() < 0:
+    if array.size == 0:
+        raise ValueError(f"labels must not be empty, got shape {array.shape}")
+    if array.min() < 0:
         raise ValueError("labels must be >= 0 (0 = background, 1..K = objects)")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+    if not (math.isfinite(w0) and w0 >= 0):
+        raise ValueError(f"w0 must be a finite number >= 0, got {w0}")
     images = array if array.ndim == 3 else array[None]
     result = np.stack([_single(image, w0, sigma, class_weight) for image in images])
     result = result if array.ndim == 3 else result[0]
