@@ -1,6 +1,6 @@
 // The algorithms a pass of the CPU 3x3 convolution can run by, named as unet_fast/tuning.py
 // names them (it measures them on the machine at hand and passes its choice to the ops):
-//   direct      oneDNN's convolution, channels_last (the forward with the ReLU as its post-op)
+//   direct      oneDNN's convolution, channels_last (then relu_: oneDNN's ReLU post-op drops NaN)
 //   nchw        oneDNN's convolution in NCHW, converted to and from channels_last
 //   winograd2, winograd4, winograd6
 //               Winograd F(m x m, 3x3) (csrc/cpu/winograd.cpp); in bf16 only winograd2
