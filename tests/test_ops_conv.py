@@ -273,3 +273,25 @@ def test_backward_can_apply_the_relu_its_input_came_out_of(backend, dtype, devic
     assert through[0][0, 1, 2, 3] == plain[0][0, 1, 2, 3] != 0
     torch.testing.assert_close(through[1], plain[1], **exactly)
     torch.testing.assert_close(through[2], plain[2], **exactly)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "triton"])
+def test_the_triton_weight_gradient_honours_deterministic_algorithms(backend, device):
+    x, weight, bias = make(1, 3, 6, 6, 2, dtype=torch.float32, device=device)
+    weight.requires_grad_()
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="sums with atomics.*backend='cuda'"):
+            conv3x3_bias_relu(x, weight, bias, backend=backend).sum().backward()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="not deterministic"):
+            conv3x3_bias_relu(x, weight, bias, backend=backend).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    x.requires_grad_()
+    weight.grad = None
+    torch.use_deterministic_algorithms(True)
+    try:  # the input's gradient alone sums in a fixed order
+        conv3x3_bias_relu(x, weight.detach(), bias, backend=backend).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -3,6 +3,8 @@ combinations, dtypes, layouts, gradients (float64 gradcheck), opcheck, torch.com
 at the edges and bad inputs."""
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -257,3 +259,21 @@ def test_bad_inputs_raise_clear_errors(change, error, match):
         unet_fast.weighted_softmax_cross_entropy(
             args["logits"], args["target"], args["weight"], class_weight=args["class_weight"], reduction=args["reduction"]
         )
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "triton"])
+def test_a_label_out_of_range_reads_no_class_weight_past_the_end(backend, device):
+    # The kernel itself (the op checks CPU labels before it): a GPU kernel cannot raise, so a
+    # bad label's loss is NaN, and the class weights are read only for labels in range. In a
+    # child process: an out-of-bounds read crashed it.
+    code = f"""
+import torch, unet_fast.ops.weighted_cross_entropy
+z = torch.randn(1, 2, 4, 4, device="{device}")
+t = torch.zeros(1, 4, 4, dtype=torch.long, device="{device}")
+t[0, 1, 1] = 10**11
+loss, _ = torch.ops.unet_fast.weighted_softmax_cross_entropy_triton(
+    z, t, None, torch.tensor([1.0, 2.0], device="{device}"), -100, "none", False)
+assert loss[0, 1, 1].isnan() and loss.isnan().sum() == 1, loss
+"""
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]

@@ -92,9 +92,14 @@ def _cpu_has_avx512() -> bool:
 
 @functools.cache
 def _native(dtype: str) -> bool:
-    """Whether oneDNN runs this reduced-precision dtype itself here (else it emulates it slowly)."""
-    check = {"bfloat16": torch.ops.mkldnn._is_mkldnn_bf16_supported, "float16": torch.ops.mkldnn._is_mkldnn_fp16_supported}
-    return bool(check[dtype]())
+    """Whether oneDNN runs this reduced-precision dtype itself here (else it emulates it slowly).
+    Asked once, of torch's private mkldnn ops; a torch without them counts as emulating, so
+    the bf16 passes are computed in fp32, which works everywhere."""
+    name = {"bfloat16": "_is_mkldnn_bf16_supported", "float16": "_is_mkldnn_fp16_supported"}[dtype]
+    try:
+        return bool(getattr(torch.ops.mkldnn, name)())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _fp32_candidates(shape: ConvShape) -> list[str]:

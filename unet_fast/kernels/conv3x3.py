@@ -20,6 +20,8 @@ default), else in full fp32; under the interpreter, where bf16 dots are wrong, o
 upcast first.
 """
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -324,12 +326,26 @@ def conv3x3_weight_grad(grad_out, out, x1, x2, grad_weight, grad_bias, top: int,
 
 def weight_and_bias_grad(grad_out, out, x1, x2, weight, with_bias: bool, top: int, left: int):
     """(the weight's gradient with the weight's strides, the bias's or None), accumulated in
-    fp32 (fp64 for fp64) by conv3x3_weight_grad."""
+    fp32 (fp64 for fp64) by conv3x3_weight_grad. Its atomic sums are added in no fixed order,
+    so under ``torch.use_deterministic_algorithms(True)`` it raises (warns with warn_only), as
+    PyTorch's own nondeterministic kernels do."""
+    _alert_not_deterministic()
     accumulator = torch.float64 if weight.dtype == torch.float64 else torch.float32
     weight_sum = weight.new_zeros(weight.shape, dtype=accumulator)
     bias_sum = weight.new_zeros(weight.shape[0], dtype=accumulator) if with_bias else None
     conv3x3_weight_grad(grad_out, out, x1, x2, weight_sum, bias_sum, top, left)
     return torch.empty_like(weight).copy_(weight_sum), bias_sum.to(weight.dtype) if with_bias else None
+
+
+def _alert_not_deterministic() -> None:
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = ("unet_fast's Triton weight gradient of the 3x3 convolution sums with atomics, so its result is "
+               "not deterministic: use backend='cuda' or backend='torch', or torch.use_deterministic_algorithms(False)")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, UserWarning, stacklevel=3)
+    else:
+        raise RuntimeError(message)
 
 
 # The GPU layout: activations and gradients channels_last, weights packed by the launchers so

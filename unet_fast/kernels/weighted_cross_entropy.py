@@ -17,32 +17,35 @@ _INTERPRETER_TILE = 1 << 16
 
 
 @triton.jit
-def _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, t_sn, t_sh, t_sw, w_sn, w_sh, w_sw, W,
+def _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, C, t_sn, t_sh, t_sw, w_sn, w_sh, w_sw, W,
                    HAS_WEIGHT: tl.constexpr, HAS_CLASS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """The pixels' labels, whether each counts (not ignored) and whether its label is a class,
+    and their weights; offsets in int64 (an image may hold more than 2^31 elements)."""
     y = p // W
     x = p % W
     label = tl.load(t_ptr + n * t_sn + y * t_sh + x * t_sw, mask=mask, other=ignore_index).to(tl.int64)
     valid = mask & (label != ignore_index)
+    in_range = (label >= 0) & (label < C)
     v = tl.where(valid, 1.0, 0.0).to(ACC)
     if HAS_WEIGHT:
         v *= tl.load(w_ptr + n * w_sn + y * w_sh + x * w_sw, mask=valid, other=0.0).to(ACC)
-    if HAS_CLASS_WEIGHT:
-        v *= tl.load(cw_ptr + tl.where(valid, label, 0), mask=valid, other=0.0).to(ACC)
-    return label, valid, v
+    if HAS_CLASS_WEIGHT:  # never read past the class weights: a bad label's loss is NaN anyway
+        v *= tl.load(cw_ptr + tl.where(valid & in_range, label, 0), mask=valid & in_range, other=0.0).to(ACC)
+    return label, valid, in_range, v
 
 
 @triton.jit
 def weight_sum_kernel(
-    t_ptr, w_ptr, cw_ptr, partial_ptr, ignore_index, HW, W, blocks_per_image,
+    t_ptr, w_ptr, cw_ptr, partial_ptr, ignore_index, C, HW, W, blocks_per_image,
     t_sn, t_sh, t_sw, w_sn, w_sh, w_sw,
     BLOCK_P: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_CLASS_WEIGHT: tl.constexpr, ACC: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n = (pid // blocks_per_image).to(tl.int64)
-    p = (pid % blocks_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p = (pid % blocks_per_image).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask = p < HW
-    _, _, v = _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, t_sn, t_sh, t_sw,
-                             w_sn, w_sh, w_sw, W, HAS_WEIGHT, HAS_CLASS_WEIGHT, ACC)
+    _, _, _, v = _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, C, t_sn, t_sh, t_sw,
+                                w_sn, w_sh, w_sw, W, HAS_WEIGHT, HAS_CLASS_WEIGHT, ACC)
     tl.store(partial_ptr + pid, tl.sum(v, axis=0))
 
 
@@ -57,17 +60,16 @@ def forward_kernel(
 ):
     pid = tl.program_id(0)
     n = (pid // blocks_per_image).to(tl.int64)
-    p = (pid % blocks_per_image) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.arange(0, BLOCK_C)
+    p = (pid % blocks_per_image).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.arange(0, BLOCK_C).to(tl.int64)
     mask = p < HW
     tile_mask = (c[:, None] < C) & mask[None, :]
     y = p // W
     x = p % W
     z = tl.load(z_ptr + n * z_sn + c[:, None] * z_sc + (y * z_sh + x * z_sw)[None, :], mask=tile_mask,
                 other=-float("inf")).to(ACC)
-    label, valid, v = _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, t_sn, t_sh, t_sw,
-                                     w_sn, w_sh, w_sw, W, HAS_WEIGHT, HAS_CLASS_WEIGHT, ACC)
-    in_range = (label >= 0) & (label < C)
+    label, valid, in_range, v = _pixel_weights(t_ptr, w_ptr, cw_ptr, n, p, mask, ignore_index, C, t_sn, t_sh,
+                                               t_sw, w_sn, w_sh, w_sw, W, HAS_WEIGHT, HAS_CLASS_WEIGHT, ACC)
     zmax = tl.max(z, axis=0)
     e = tl.exp(z - zmax[None, :])
     total = tl.sum(e, axis=0)
@@ -121,7 +123,7 @@ def weighted_softmax_cross_entropy(logits, target, weight, class_weight, ignore_
     denom = torch.ones((), device=device, dtype=acc_dtype)
     if reduction == "mean":
         weight_partials = torch.empty(grid[0], device=device, dtype=acc_dtype)
-        weight_sum_kernel[grid](target, w_arg, cw_arg, weight_partials, ignore_index, hw, w, blocks_per_image,
+        weight_sum_kernel[grid](target, w_arg, cw_arg, weight_partials, ignore_index, classes, hw, w, blocks_per_image,
                                 *target.stride(), *w_strides, BLOCK_P=block_p, ACC=acc, **flags)
         denom = weight_partials.sum()
     partials = torch.empty(grid[0], device=device, dtype=acc_dtype)

@@ -68,10 +68,17 @@ def _has_triton_kernel(op: str) -> bool:
     return importlib.util.find_spec("triton") is not None and hasattr(torch.ops.unet_fast, f"{op}_triton")
 
 
+@functools.cache
 def _has_kernel(op: str, dispatch_key: str) -> bool:
-    return extension_loaded() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        f"unet_fast::{op}", dispatch_key
-    )
+    """Whether the extension registered ``op`` for ``dispatch_key``: asked once, of torch's
+    private dispatcher query; without it, whether the op exists at all (the CPU build
+    registers every op for CPU, a CUDA build for CUDA too)."""
+    if not extension_loaded():
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"unet_fast::{op}", dispatch_key)
+    except AttributeError:
+        return hasattr(torch.ops.unet_fast, op) and (dispatch_key == "CPU" or torch.cuda.is_available())
 
 
 def available_backends(op: str, device: torch.device | str) -> list[str]:
