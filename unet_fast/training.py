@@ -161,9 +161,11 @@ def _stop_if_diverged(loss: torch.Tensor, step: int, world: int, checkpoint_path
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if finite.item():
         return
+    value = loss.item()
+    which = f"the loss became {value}" if not math.isfinite(value) else "another process's loss became NaN or inf"
     kept = f"the last checkpoint, of step {saved}, is {checkpoint_path}" if saved else "no checkpoint was written"
-    raise TrainingDiverged(f"the loss became {loss.item()} at step {step + 1}, so training stopped before that "
-                           f"step changed the model; {kept}. A lower --lr may help.")
+    raise TrainingDiverged(f"{which} at step {step + 1}, so training stopped before that step changed the model; "
+                           f"{kept}. A lower --lr may help.")
 
 
 def validate(model: torch.nn.Module, samples: list[data.Sample], tile: int) -> dict[str, float]:
