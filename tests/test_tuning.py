@@ -108,7 +108,7 @@ def test_choices_are_cached_on_disk_and_read_back(monkeypatch):
     assert (choice.algorithm, choice.source) == ("winograd6", "cache")
 
 
-@pytest.mark.parametrize("changed", ["unet_fast", "torch", "threads"])
+@pytest.mark.parametrize("changed", ["unet_fast", "torch", "threads", "kernels"])
 def test_the_cache_is_keyed_by_version_and_threads(monkeypatch, changed):
     scripted(monkeypatch, lambda shape, algorithm: 1.0 if algorithm == "winograd6" else 2.0)
     x, weight, bias = make()
@@ -118,6 +118,8 @@ def test_the_cache_is_keyed_by_version_and_threads(monkeypatch, changed):
     before = tuning.cache_path()
     if changed == "unet_fast":
         monkeypatch.setattr(unet_fast, "__version__", "0.0.0-other")
+    elif changed == "kernels":  # the extension rebuilt
+        monkeypatch.setattr(tuning, "kernels_build", lambda: "another-build")
     elif changed == "torch":
         monkeypatch.setattr(torch, "__version__", "1.0.0-other")
     else:
