@@ -129,13 +129,12 @@ def _run(config: TrainConfig, checkpoint_path: Path, resume: bool, progress: boo
             logits = network(images)
         loss = sum(loss_function(logits[i:i + 1].float(), targets[i:i + 1], weights[i:i + 1])
                    for i in range(len(tiles))) / len(tiles)
-        _stop_if_diverged(loss, step, world, checkpoint_path, saved)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        history["loss"].append(_finite_loss(loss, step, world, checkpoint_path, saved))
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(step)
         optimizer.step()
-        history["loss"].append(loss.item())
         done = step + 1
         if rank == 0 and validation_set and config.val_every and (done % config.val_every == 0 or done == config.steps):
             history["validation"].append({"step": done, **validate(model, validation_set, config.tile)})
@@ -153,15 +152,18 @@ def _run(config: TrainConfig, checkpoint_path: Path, resume: bool, progress: boo
     return history
 
 
-def _stop_if_diverged(loss: torch.Tensor, step: int, world: int, checkpoint_path: Path, saved: int | None) -> None:
-    """Raises TrainingDiverged on every rank if any rank's loss is NaN or infinite, before the
-    step's update reaches the model."""
-    finite = torch.isfinite(loss.detach()).to(torch.int32)
-    if world > 1:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if finite.item():
-        return
+def _finite_loss(loss: torch.Tensor, step: int, world: int, checkpoint_path: Path, saved: int | None) -> float:
+    """The loss's value (the step's one read of it), or TrainingDiverged on every rank if any
+    rank's loss is NaN or infinite, before the optimiser applies the step."""
     value = loss.item()
+    if world > 1:
+        finite = torch.tensor(int(math.isfinite(value)), device=loss.device)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        diverged = not finite.item()
+    else:
+        diverged = not math.isfinite(value)
+    if not diverged:
+        return value
     which = f"the loss became {value}" if not math.isfinite(value) else "another process's loss became NaN or inf"
     kept = f"the last checkpoint, of step {saved}, is {checkpoint_path}" if saved else "no checkpoint was written"
     raise TrainingDiverged(f"{which} at step {step + 1}, so training stopped before that step changed the model; "
