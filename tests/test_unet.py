@@ -252,3 +252,22 @@ def test_bf16_autocast_full_width_is_as_close_to_fp32_as_the_reference():
         errors = {name: relative_error(grads[param], grads32[param]) for name, (_, grads) in results.items()}
         assert errors["fast"] <= max(2 * errors["reference"], 3e-2), (param, errors)
 
+
+def test_bf16_autocast_runs_the_head_in_fp32():
+    # ATen's bf16 1x1 convolution is an unfolded one where oneDNN lacks bf16; in fp32 the head
+    # costs next to nothing anywhere. The logits still come back in the autocast dtype.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ConvolutionDtypes(TorchDispatchMode):
+        seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default:
+                self.seen.append((args[0].dtype, args[1].dtype))
+            return func(*args, **(kwargs or {}))
+
+    _, fast = twins(**SMALL)
+    with torch.autocast("cpu", dtype=torch.bfloat16), ConvolutionDtypes() as mode:
+        out = fast(torch.randn(1, 1, 60, 60))
+    assert out.dtype == torch.bfloat16
+    assert mode.seen == [(torch.float32, torch.float32)]
