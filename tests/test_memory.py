@@ -75,6 +75,37 @@ def test_pool_never_holds_more_than_its_peak_in_use():
         assert stats.in_use_bytes + stats.cached_bytes <= stats.peak_in_use_bytes
 
 
+def test_freed_pages_serve_requests_of_other_sizes():
+    """A request larger than every idle block is assembled from their pages, and a smaller one
+    cut from one: neither maps new memory, and the buffers hold the right values."""
+    result = run_fresh("""
+        import torch.nn.functional as F
+        fill_pool()  # 16 MiB blocks, all idle
+        x, w = torch.randn(1, 64, 516, 516), torch.randn(64, 64, 3, 3)  # a 64.5 MiB output
+        before, rss = memory.cpu_pool_stats(), rss_mb()
+        large = conv3x3_bias_relu(x, w, backend="cpu")
+        small = conv3x3_bias_relu(x[:, :16, :132, :132], w[:16, :16], backend="cpu")  # 1 MiB
+        during, grown = memory.cpu_pool_stats(), rss_mb() - rss
+        close = all(((ours - F.relu(F.conv2d(a, b))).norm() / ours.norm()).item() < 1e-5  # fp32 rounding
+                    for ours, a, b in ((large, x, w), (small, x[:, :16, :132, :132], w[:16, :16])))
+        needed = large.nbytes + small.nbytes
+        del large, small
+        after = memory.cpu_pool_stats()
+        print(json.dumps(dict(before=[before.in_use_bytes, before.cached_bytes, before.peak_in_use_bytes],
+                              during=[during.in_use_bytes, during.cached_bytes, during.peak_in_use_bytes],
+                              after=[after.in_use_bytes, after.cached_bytes, after.peak_in_use_bytes],
+                              needed=needed, close=close, grown_mb=grown)))
+    """, UNET_FAST_CPU_POOL_IDLE_S="1000")
+    held = result["before"][1]
+    assert result["before"][0] == 0 and held >= 300 * 2**20
+    assert result["close"]
+    assert result["during"][0] >= result["needed"]
+    assert result["during"][0] + result["during"][1] == held  # no new pages
+    assert result["during"][2] == result["before"][2]
+    assert result["after"] == [0, held, result["before"][2]]
+    assert result["grown_mb"] < 8
+
+
 def test_allocations_outside_the_ops_are_not_pooled():
     conv3x3_bias_relu(X, W, backend="cpu")
     before = memory.cpu_pool_stats()

@@ -1,13 +1,23 @@
-// The pool behind PooledAllocations: a c10 CPU allocator that serves pooled requests from
-// freed blocks of (nearly) the same size and passes every other request, untouched, to the
-// allocator it wraps. It is put in front of torch's CPU allocator the first time a guard is
-// made, and never removed: tensors it handed out may outlive any guard.
+// The pool behind PooledAllocations: a c10 CPU allocator that serves pooled requests from the
+// pages of freed blocks and passes every other request, untouched, to the allocator it wraps.
+// It is put in front of torch's CPU allocator the first time a guard is made, and never
+// removed: tensors it handed out may outlive any guard.
+//
+// Pages, not sizes, are what it recycles. A step asks for buffers of dozens of sizes in an
+// order that changes between layers, so a pool that reuses a freed block only for a request of
+// about its size keeps missing: bounded to its peak, it gave back and mapped anew ~2 GiB a
+// 572x572 training step, every new page zeroed by the kernel on first touch (0.3-0.8 s of
+// system time a step). Here a request takes the smallest idle block that fits, cut to size, or
+// else a block assembled from idle ones: their pages are moved, with mremap, side by side into
+// one new range, which costs a page-table update per 2 MiB instead of zeroing and faulting
+// every page. New pages are mapped only for what the idle blocks cannot cover.
 //
 // Bounds: the blocks it holds, in use and idle, never add up to more than the most it ever had
-// in use at once (one step's need), the least recently freed going first; and a trimming
-// thread gives back every block that has been idle for the idle time (and glibc's free heap,
-// malloc_trim): all of them once the ops stop, and those a running loop no longer uses. Across fork() the child gets a pool that
-// works (pthread_atfork: no lock held, its own trimming thread started when it is next used).
+// in use at once (one step's need), since a request uses every idle page before asking the OS
+// for more; and a trimming thread gives back every block that has been idle for the idle time
+// (and glibc's free heap, malloc_trim): all of them once the ops stop, and those a running loop
+// no longer uses. Across fork() the child gets a pool that works (pthread_atfork: no lock held,
+// its own trimming thread started when it is next used).
 #include "buffer_pool.h"
 
 #include <c10/core/Allocator.h>
@@ -22,46 +32,79 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <list>
+#include <utility>
 #include <map>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 namespace unet_fast {
 namespace {
 
 constexpr size_t kMinPooledBytes = size_t(1) << 20;
-constexpr size_t kGranularity = size_t(64) << 10;  // pooled sizes are rounded up to this
-constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kHugePage = size_t(2) << 20;  // pooled sizes are multiples of this
 // Longer than a slow step of a large network, so that a training loop, or a benchmark alternating
 // with another model, keeps its blocks; short enough to give them back soon after the work stops.
 constexpr double kDefaultIdleSeconds = 30.0;
 
 thread_local bool pooling = false;
 
-size_t rounded(size_t n) { return (n + kGranularity - 1) / kGranularity * kGranularity; }
+size_t rounded(size_t n) { return (n + kHugePage - 1) / kHugePage * kHugePage; }
 
 using Clock = std::chrono::steady_clock;
 
-// A block of `size` bytes mapped straight from the OS, so that freeing it gives it back (glibc
-// would keep freed blocks below its mmap threshold, up to 32 MiB, in its heap). Blocks of 2 MiB
-// and more are aligned to 2 MiB and asked to use transparent huge pages: a first touch then
-// faults once per 2 MiB instead of once per 4 KiB.
-void* map_block(size_t size) {
-  const size_t extra = size >= kHugePage ? kHugePage : 0;
-  void* mapped = mmap(nullptr, size + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+// `size` bytes mapped straight from the OS, so that freeing them gives them back (glibc would
+// keep freed blocks below its mmap threshold, up to 32 MiB, in its heap), aligned to 2 MiB and
+// asked to use transparent huge pages: a first touch then faults once per 2 MiB instead of once
+// per 4 KiB, and moving pages keeps them huge.
+char* map_pages(size_t size) {
+  void* mapped = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   TORCH_CHECK(mapped != MAP_FAILED, "unet_fast's CPU buffer pool could not map ", size, " bytes: out of memory");
-  if (extra == 0) return mapped;
   const auto begin = reinterpret_cast<uintptr_t>(mapped);
   const uintptr_t aligned = (begin + kHugePage - 1) & ~(kHugePage - 1);
   if (aligned > begin) munmap(mapped, aligned - begin);
-  if (const size_t tail = begin + size + extra - (aligned + size)) munmap(reinterpret_cast<void*>(aligned + size), tail);
+  if (const size_t tail = begin + size + kHugePage - (aligned + size)) munmap(reinterpret_cast<void*>(aligned + size), tail);
   madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);
-  return reinterpret_cast<void*>(aligned);
+  return reinterpret_cast<char*>(aligned);
 }
 
-void unmap_block(void* ptr, size_t size) { munmap(ptr, size); }
+// Moves the pages of [from, from + size), one mapping of the process, to `to`, replacing what
+// was mapped there; false if the OS refused (the pages then stay where they were).
+bool move_pages(char* from, size_t size, char* to) {
+  return mremap(from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to) != MAP_FAILED;
+}
+
+// A block of pooled memory: contiguous addresses over one or more pieces, each lying within one
+// mapping of the process (mremap moves only a range of one mapping; the pages of an assembled
+// block come from several). Every piece is a multiple of 2 MiB.
+struct Block {
+  char* ptr = nullptr;
+  size_t size = 0;
+  std::vector<size_t> pieces;
+
+  // Splits off and returns the first `head` bytes (a multiple of 2 MiB); this keeps the rest.
+  Block take_front(size_t head) {
+    Block front{ptr, head, {}};
+    size_t taken = 0;
+    auto piece = pieces.begin();
+    while (taken < head) {
+      const size_t part = std::min(*piece, head - taken);
+      front.pieces.push_back(part);
+      taken += part;
+      if (part == *piece) {
+        ++piece;
+      } else {
+        *piece -= part;
+      }
+    }
+    pieces.erase(pieces.begin(), piece);
+    ptr += head;
+    size -= head;
+    return front;
+  }
+};
 
 // UNET_FAST_CPU_POOL_IDLE_S: seconds without pooled activity after which idle blocks go back.
 double idle_seconds_from_environment() {
@@ -81,21 +124,16 @@ class PoolingAllocator final : public c10::Allocator {
 
   c10::DataPtr allocate(size_t n) override {
     if (!pooling || n < kMinPooledBytes) return fallback_->allocate(n);
-    const size_t wanted = rounded(n);
+    const size_t size = rounded(n);
     std::unique_lock<std::mutex> lock(mutex_);
     start_trimmer();
-    auto [ptr, size] = take_cached(wanted);
-    if (ptr == nullptr) {
-      // A new block: first give back the least recently freed idle ones that would take the
-      // pool past the most it ever had in use (or past what this request itself needs).
-      const size_t limit = std::max(peak_in_use_bytes_, in_use_bytes_ + size);
-      while (!idle_.empty() && in_use_bytes_ + cached_bytes_ + size > limit) free_oldest_idle();
-      ptr = map_block(size);
-    }
-    in_use_.emplace(ptr, size);
-    in_use_bytes_ += size;
+    Block block = take_idle_fitting(size);
+    if (block.ptr == nullptr) block = assemble(size);
+    char* const ptr = block.ptr;
+    in_use_bytes_ += block.size;
     peak_in_use_bytes_ = std::max(peak_in_use_bytes_, in_use_bytes_);
-    report(ptr, int64_t(size));
+    report(ptr, int64_t(block.size));
+    in_use_.emplace(ptr, std::move(block));
     return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
@@ -135,45 +173,86 @@ class PoolingAllocator final : public c10::Allocator {
 
  private:
   struct IdleBlock {
-    void* ptr;
-    size_t size;
+    Block block;
     Clock::time_point freed;
   };
   using IdleList = std::list<IdleBlock>;  // least recently freed first
 
-  // The smallest idle block that fits with at most a quarter to spare (of that size, the one
-  // freed last: blocks a loop no longer needs then age and go back), and its size; or null and
-  // the size to allocate.
-  std::pair<void*, size_t> take_cached(size_t size) {
-    const auto smallest = by_size_.lower_bound(size);
-    if (smallest == by_size_.end() || smallest->first > size + size / 4) return {nullptr, size};
-    const auto it = std::prev(by_size_.upper_bound(smallest->first));
-    const IdleBlock block = *it->second;
-    idle_.erase(it->second);
-    by_size_.erase(it);
-    cached_bytes_ -= block.size;
-    return {block.ptr, block.size};
-  }
-
-  void free_oldest_idle() {
-    const IdleBlock block = idle_.front();
-    auto range = by_size_.equal_range(block.size);
-    for (auto it = range.first; it != range.second; ++it) {
-      if (it->second == idle_.begin()) {
-        by_size_.erase(it);
+  // Takes an idle block out of the pool; returns the next one.
+  IdleList::iterator take(IdleList::iterator it, Block& taken) {
+    auto range = by_size_.equal_range(it->block.size);
+    for (auto entry = range.first; entry != range.second; ++entry) {
+      if (entry->second == it) {
+        by_size_.erase(entry);
         break;
       }
     }
-    idle_.pop_front();
-    cached_bytes_ -= block.size;
-    unmap_block(block.ptr, block.size);
+    cached_bytes_ -= it->block.size;
+    taken = std::move(it->block);
+    return idle_.erase(it);
+  }
+
+  void put_idle(Block block, Clock::time_point freed, IdleList::iterator before) {
+    cached_bytes_ += block.size;
+    const size_t size = block.size;
+    by_size_.emplace(size, idle_.insert(before, IdleBlock{std::move(block), freed}));
+  }
+
+  // `size` bytes of the idle block that fits best: the smallest one that holds it (of that size,
+  // the one freed last, so that blocks a loop no longer needs age and go back), or its front,
+  // the rest staying idle as it was. Null if none.
+  Block take_idle_fitting(size_t size) {
+    const auto smallest = by_size_.lower_bound(size);
+    if (smallest == by_size_.end()) return {};
+    const auto chosen = std::prev(by_size_.upper_bound(smallest->first))->second;
+    const Clock::time_point freed = chosen->freed;
+    Block block;
+    const auto next = take(chosen, block);
+    if (block.size == size) return block;
+    Block front = block.take_front(size);
+    put_idle(std::move(block), freed, next);
+    return front;
+  }
+
+  // A block of `size` bytes made of the pages of idle blocks, the largest first, moved side by
+  // side into a new range; new pages where they do not cover it.
+  Block assemble(size_t size) {
+    Block assembled{map_pages(size), size, {}};
+    size_t filled = 0;
+    while (filled < size && !idle_.empty()) {
+      const auto largest = std::prev(by_size_.end())->second;
+      const Clock::time_point freed = largest->freed;
+      Block source;
+      const auto next = take(largest, source);
+      if (source.size > size - filled) {
+        Block front = source.take_front(size - filled);
+        put_idle(std::move(source), freed, next);
+        source = std::move(front);
+      }
+      for (const size_t piece : source.pieces) {
+        if (!move_pages(source.ptr, piece, assembled.ptr + filled)) {
+          munmap(source.ptr, source.size);  // what is left of it; the range keeps its new pages
+          break;
+        }
+        assembled.pieces.push_back(piece);
+        source.ptr += piece;
+        source.size -= piece;
+        filled += piece;
+      }
+      if (source.size > 0) break;
+    }
+    if (filled < size) assembled.pieces.push_back(size - filled);  // the new pages mapped there
+    return assembled;
+  }
+
+  void free_oldest_idle() {
+    Block block;
+    take(idle_.begin(), block);
+    munmap(block.ptr, block.size);
   }
 
   void free_all_idle() {
-    for (const IdleBlock& block : idle_) unmap_block(block.ptr, block.size);
-    idle_.clear();
-    by_size_.clear();
-    cached_bytes_ = 0;
+    while (!idle_.empty()) free_oldest_idle();
   }
 
   // Starts the trimming thread if it is not running (under the lock).
@@ -211,15 +290,13 @@ class PoolingAllocator final : public c10::Allocator {
       std::unique_lock<std::mutex> lock(self->mutex_);
       const auto it = self->in_use_.find(ptr);
       if (it != self->in_use_.end()) {
-        const size_t size = it->second;
+        Block block = std::move(it->second);
         self->in_use_.erase(it);
-        self->in_use_bytes_ -= size;
-        self->report(ptr, -int64_t(size));
+        self->in_use_bytes_ -= block.size;
+        self->report(ptr, -int64_t(block.size));
         self->start_trimmer();
         const bool was_empty = self->idle_.empty();
-        const auto block = self->idle_.insert(self->idle_.end(), IdleBlock{ptr, size, Clock::now()});
-        self->by_size_.emplace(size, block);
-        self->cached_bytes_ += size;
+        self->put_idle(std::move(block), Clock::now(), self->idle_.end());
         if (was_empty) self->wake_.notify_all();
         return;
       }
@@ -237,7 +314,7 @@ class PoolingAllocator final : public c10::Allocator {
   c10::Allocator* fallback_;
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::unordered_map<void*, size_t> in_use_;
+  std::unordered_map<void*, Block> in_use_;
   IdleList idle_;
   std::multimap<size_t, IdleList::iterator> by_size_;
   size_t in_use_bytes_ = 0, cached_bytes_ = 0, peak_in_use_bytes_ = 0;
