@@ -36,7 +36,10 @@ def _want_cuda() -> bool:
 def _extension():
     debug = os.environ.get("UNET_FAST_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]
-    cxx = opt + ["-fopenmp"]
+    # No fused multiply-adds the source does not ask for: GCC would contract a * b + c where it
+    # vectorizes, differently in each ISA clone and template instantiation, so bf16 computed in
+    # fp32 would stop being bit for bit the fp32 computation rounded (it did, on AVX-512 BF16).
+    cxx = opt + ["-fopenmp", "-ffp-contract=off"]
     sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(extra_link_args=["-fopenmp"])
     if _want_cuda():
