@@ -78,15 +78,18 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_concat_co
   const int64_t h = up.size(2), w = up.size(3), height = skip.size(2), width = skip.size(3);
   const at::Tensor window = skip.narrow(2, center_crop_offset(height, h), h).narrow(3, center_crop_offset(width, w), w);
   const bool weight_grad = output_mask[2];
-  // skip's part first: its window's gradient goes into skip's whole one (zero around it) and
-  // is dropped before up's is made, so the three never coexist (the 572 step's peak is here)
+  // skip's part first: its window's gradient goes into skip's whole one (zero around it; the
+  // window's own where skip is only the window) and is dropped before up's is made, so the
+  // three never coexist
   at::Tensor grad_window, skip_grad_weight, grad_skip, grad_weight;
   if (output_mask[1] || weight_grad) {
     std::tie(grad_window, skip_grad_weight, std::ignore) =
         conv_backward(grad, window, weight.narrow(1, up_channels, skip_channels), std::nullopt,
                       {output_mask[1], weight_grad, false}, skip_data_algorithm, skip_weight_algorithm);
   }
-  if (output_mask[1]) grad_skip = crop_concat_backward(grad_window, 0, height, width);
+  if (output_mask[1]) {
+    grad_skip = height == h && width == w ? grad_window : crop_concat_backward(grad_window, 0, height, width);
+  }
   grad_window.reset();
   auto [grad_up, up_grad_weight, grad_bias] =
       conv_backward(grad, up, weight.narrow(1, 0, up_channels), std::nullopt,

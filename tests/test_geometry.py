@@ -41,3 +41,20 @@ def test_valid_sizes_are_exactly_those_the_reference_runs_cleanly(enc_chs, dec_c
         assert geometry.is_valid(n) == even_pools, n
         if geometry.is_valid(n):
             assert out.shape[-1] == geometry.output_size(n)
+
+
+@pytest.mark.parametrize("enc_chs,dec_chs", [((1, 2, 4, 8), (8, 4, 2)), ((1, 2, 4, 8), (8, 4)), ((1, 2, 4), (4, 2))])
+def test_join_sizes_are_what_the_reference_decoder_crops_to(enc_chs, dec_chs):
+    geometry = UNetGeometry(depth=len(enc_chs) - 1, stages=len(dec_chs) - 1)
+    model = reference.UNet(enc_chs=enc_chs, dec_chs=dec_chs)
+    joined = []
+    for upconv in model.decoder.upconvs:
+        upconv.register_forward_hook(lambda module, args, out: joined.append(out.shape[-1]))
+    for n in geometry.valid_input_sizes(1, 120):
+        joined.clear()
+        with torch.no_grad():
+            model(torch.randn(1, 1, n, n))
+        sizes = geometry.join_sizes(n)
+        assert sizes[-1] is None and len(sizes) == geometry.depth
+        assert [size for size in sizes if size is not None] == joined[::-1], n
+        assert sizes[: geometry.depth - 1 - geometry.stages] == [None] * (geometry.depth - 1 - geometry.stages)

@@ -1,12 +1,14 @@
 """max_pool2x2 on every backend against F.max_pool2d: values and gradients exactly (also with
 ties and odd sizes), float64 gradcheck, NaN, layouts, memory kept for backward, opcheck,
-torch.compile and bad inputs."""
+torch.compile and bad inputs; max_pool2x2_and_crop against the pool and a slice of x, and the
+memory its backward holds."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_fast.ops import max_pool2x2
+from unet_fast.bench import peak_memory_mb
+from unet_fast.ops import crop_concat, max_pool2x2, max_pool2x2_and_crop
 
 from conftest import backends_for
 
@@ -118,3 +120,95 @@ def test_torch_compile_fullgraph(backend, device):
 def test_bad_inputs_raise_clear_errors(x, error, match):
     with pytest.raises(error, match=match):
         max_pool2x2(x)
+
+
+def pool_and_window_grads(x, size, grads, pool_and_crop):
+    x = x.detach().clone().requires_grad_()
+    pooled, window = pool_and_crop(x, size)
+    outputs, wanted = zip(*[(out, grad) for out, grad in zip((pooled, window), grads) if grad is not None])
+    torch.autograd.backward(outputs, wanted)
+    return pooled.detach(), window.detach(), x.grad
+
+
+def pool_and_slice(x, size):
+    top, left = (x.shape[2] - size[0]) // 2, (x.shape[3] - size[1]) // 2
+    return F.max_pool2d(x, 2), x[:, :, top : top + size[0], left : left + size[1]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("which", ["both", "pooled", "window"])
+def test_pool_and_crop_equal_the_pool_and_a_slice(backend, dtype, layout, which, device):
+    x = torch.randn(2, 3, 12, 10, device=device).to(dtype).contiguous(memory_format=layout)
+    size = (6, 4)
+    grads = [torch.randn(2, 3, 6, 5, device=device).to(dtype) if which != "window" else None,
+             torch.randn(2, 3, *size, device=device).to(dtype) if which != "pooled" else None]
+    got = pool_and_window_grads(x, size, grads, lambda x, size: max_pool2x2_and_crop(x, size, backend=backend))
+    want = pool_and_window_grads(x, size, grads, pool_and_slice)
+    for ours, theirs in zip(got, want):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert got[1].stride() == want[1].stride()  # the window is a view of x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_and_crop_gradcheck_and_gradgradcheck_float64(backend, device):
+    x = torch.randn(1, 2, 8, 7, dtype=torch.float64, device=device, requires_grad=True)
+    fn = lambda x: max_pool2x2_and_crop(x, (4, 3), backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,), fast_mode=backend == "triton")
+    assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=backend == "triton")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_and_crop_is_one_node(backend, device):
+    pooled, window = max_pool2x2_and_crop(torch.randn(1, 2, 8, 8, device=device, requires_grad=True), (4, 4),
+                                          backend=backend)
+    assert pooled.grad_fn is window.grad_fn
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_window_gradient_waits_at_the_window_size(backend, device):
+    """A decoder's join reads the window; its gradient arrives first and waits through the
+    pooled branch's backward, held by the node at the window's size (16 KiB here, where a join
+    of x's whole would give back 4 MiB): the backward's peak is that of the same graph without
+    the join's gradient, plus no more than a window's worth."""
+    x = torch.randn(1, 16, 256, 256, device=device, requires_grad=True)
+    up = torch.randn(1, 4, 32, 32, device=device)
+
+    def backward(skip_gradient):
+        pooled, window = max_pool2x2_and_crop(x, (32, 32), backend=backend)
+        late = pooled.repeat(1, 1, 4, 4)  # 16 MiB
+        for _ in range(3):  # created before the join, so run after it, while its gradient waits
+            late = late.exp().sqrt()
+        skip = window if skip_gradient else window.detach()
+        loss = late.sum() + (crop_concat(up, skip, backend=backend) * 2).sum()
+        return lambda: torch.autograd.grad(loss, x, retain_graph=True)
+
+    assert peak_memory_mb(backward(True), device) <= peak_memory_mb(backward(False), device) + 0.5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_and_crop_torch_compile_fullgraph(backend, device):
+    x = torch.randn(1, 3, 8, 8, device=device, requires_grad=True)
+
+    def fn(x):
+        pooled, window = max_pool2x2_and_crop(x, (4, 6), backend=backend)
+        return pooled.sin().sum() + window.cos().sum()
+
+    (grad_compiled,) = torch.autograd.grad(torch.compile(fn, fullgraph=True)(x), x)
+    (grad_eager,) = torch.autograd.grad(fn(x), x)
+    torch.testing.assert_close(grad_compiled, grad_eager)
+
+
+@pytest.mark.parametrize(
+    "size,error,match",
+    [
+        ((5, 4), ValueError, r"size must be positive and at most x's \(4, 4\), got \(5, 4\)"),
+        ((0, 2), ValueError, "size must be positive"),
+        (4, TypeError, "size must be a pair of ints"),
+        ((2.0, 2), TypeError, "size must be a pair of ints"),
+    ],
+)
+def test_pool_and_crop_bad_sizes_raise_clear_errors(size, error, match):
+    with pytest.raises(error, match=match):
+        max_pool2x2_and_crop(torch.randn(1, 1, 4, 4), size)

@@ -38,6 +38,24 @@ class UNetGeometry:
                 return None, f"it shrinks to {size} in decoder stage {stage}"
         return size, ""
 
+    def join_sizes(self, n: int) -> list[int | None]:
+        """For a valid input length ``n``, by encoder level (0 at the top): the length of the
+        up-convolved map the decoder joins with that level's output (the centre window it
+        crops), or None where no decoder stage joins it (the deepest level, and the top ones
+        of a decoder with fewer stages than pools)."""
+        self.output_size(n)
+        size = n
+        for level in range(self.depth):
+            size -= _CONV_LOSS
+            if level < self.depth - 1:
+                size //= 2
+        joins: list[int | None] = [None] * self.depth
+        for stage in range(self.stages):
+            size *= 2
+            joins[self.depth - 2 - stage] = size
+            size -= _CONV_LOSS
+        return joins
+
     def is_valid(self, n: int) -> bool:
         return self._trace(n)[0] is not None
 

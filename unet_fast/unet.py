@@ -43,15 +43,28 @@ class Encoder(nn.Module):
     def __init__(self, chs: Sequence[int], final_relu: bool):
         super().__init__()
         self.enc_blocks = nn.ModuleList(Block(chs[i], chs[i + 1], final_relu) for i in range(len(chs) - 1))
-        self.pool = nn.MaxPool2d(2)  # the reference's module tree; forward pools with ops.max_pool2x2
+        self.pool = nn.MaxPool2d(2)  # the reference's module tree; forward pools with ops.max_pool2x2*
 
-    def forward(self, x: torch.Tensor, backend: str | None) -> list[torch.Tensor]:
-        features = []
+    def forward(self, x: torch.Tensor, backend: str | None = None,
+                joins: Sequence[tuple[int, int] | None] | None = None) -> list[torch.Tensor | None]:
+        """Each block's output, the deepest last. With ``joins`` (by level: the size of the
+        window the decoder crops, or None where it joins nothing), each level's skip instead:
+        its window, a view taken with the pool so that its gradient is kept at the window's
+        size, or None."""
+        features: list[torch.Tensor | None] = []
         for level, block in enumerate(self.enc_blocks):
-            if level:
-                x = ops.max_pool2x2(x, backend=backend)
             x = block(x, backend)
-            features.append(x)
+            if level == len(self.enc_blocks) - 1:
+                features.append(x)
+            elif joins is None:
+                features.append(x)
+                x = ops.max_pool2x2(x, backend=backend)
+            elif joins[level] is None:
+                features.append(None)
+                x = ops.max_pool2x2(x, backend=backend)
+            else:
+                x, window = ops.max_pool2x2_and_crop(x, joins[level], backend=backend)
+                features.append(window)
         return features
 
 
@@ -116,7 +129,8 @@ class UNet(nn.Module):
         channels_last x (the layers run channels_last in any case)."""
         self._check_input(x)
         layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        features = self.encoder(x, self.backend)
+        joins = zip(self.geometry.join_sizes(x.shape[2]), self.geometry.join_sizes(x.shape[3]))
+        features = self.encoder(x, self.backend, [None if h is None else (h, w) for h, w in joins])
         x = self.decoder(features[-1], features[-2::-1], self.backend)
         x = _head_in_fp32(self.head, x)
         if self.retain_dim:

@@ -117,8 +117,10 @@ def _tuned_backward(grad_out, up, skip, weight, out, output_mask):
     (_, up_weight), (_, skip_weight) = parts
     # skip's part first, as the C++ op does: its window's gradient goes before up's is made
     grad_window, skip_grad_weight, _ = tuned_backward(grad, window, skip_weight, None, [want_skip, want_weight, False])
-    grad_skip = (torch.ops.unet_fast.crop_concat_backward(grad_window, 0, skip.shape[2], skip.shape[3])
-                 if want_skip else None)
+    grad_skip = None
+    if want_skip:
+        grad_skip = (grad_window if skip.shape == window.shape
+                     else torch.ops.unet_fast.crop_concat_backward(grad_window, 0, skip.shape[2], skip.shape[3]))
     del grad_window
     grad_up, up_grad_weight, grad_bias = tuned_backward(grad, up, up_weight, None, [want_up, want_weight, want_bias])
     grad_weight = None
