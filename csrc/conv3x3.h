@@ -13,8 +13,10 @@
 
 namespace unet_fast {
 
+// With `fp32_parameters` (the CPU kernels) a bf16/fp16 x may take float32 weight and bias: autocast's
+// master parameters, used as they are, whose gradients come back in float32.
 inline void check_conv3x3_args(const at::Tensor& x, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias) {
+                               const std::optional<at::Tensor>& bias, bool fp32_parameters = false) {
   TORCH_CHECK(x.dim() == 4, "conv3x3_bias_relu: x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
               "conv3x3_bias_relu: weight must be (C_out, C_in, 3, 3), got ", weight.sizes());
@@ -23,10 +25,16 @@ inline void check_conv3x3_args(const at::Tensor& x, const at::Tensor& weight,
   TORCH_CHECK(x.size(2) >= 3 && x.size(3) >= 3,
               "conv3x3_bias_relu: x must be at least 3x3 for a valid 3x3 convolution, got ",
               x.size(2), "x", x.size(3));
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "conv3x3_bias_relu: x and weight must share a dtype");
+  const bool master_parameters = fp32_parameters && weight.scalar_type() == at::kFloat &&
+                                 (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type() || master_parameters,
+              "conv3x3_bias_relu: x and weight must share a dtype, got ", x.scalar_type(), " and ",
+              weight.scalar_type());
   if (bias) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0),
                 "conv3x3_bias_relu: bias must be (C_out,) = (", weight.size(0), ",)");
+    TORCH_CHECK(bias->scalar_type() == weight.scalar_type(), "conv3x3_bias_relu: bias must have the weight's dtype ",
+                weight.scalar_type(), ", got ", bias->scalar_type());
   }
 }
 

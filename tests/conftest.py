@@ -40,6 +40,24 @@ def backends_for(op: str) -> list[str]:
     return available_backends(op, DEVICE)
 
 
+def dtypes_passed_to(op_namespace: str, fn) -> dict[str, list]:
+    """Runs fn() and returns, for each op of `op_namespace` it called (``unet_fast``), the
+    dtypes of its tensor arguments, in order, of the first call."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = {}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == op_namespace:
+                seen.setdefault(func.__name__.split(".")[0], [a.dtype for a in args if isinstance(a, torch.Tensor)])
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return seen
+
+
 def onednn_emulates(dtype: torch.dtype) -> bool:
     """Whether oneDNN only emulates this reduced-precision dtype on this CPU (no AVX-512), so
     the CPU backend computes in fp32 and rounds once."""

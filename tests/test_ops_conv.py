@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from unet_fast import tuning
 from unet_fast.ops import conv3x3_bias_relu
 
-from conftest import backends_for, onednn_emulates
+from conftest import backends_for, dtypes_passed_to, onednn_emulates
 
 BACKENDS = backends_for("conv3x3_bias_relu")
 CUSTOM_OPS = {
@@ -136,6 +136,32 @@ def test_autocast_runs_in_bfloat16(backend, device):
     out.float().sum().backward()
     assert weight.grad.dtype == torch.float32
     torch.testing.assert_close(out.double(), expected(x, weight, bias, True), **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_hands_the_cpu_kernels_float32_parameters(backend, device):
+    """The C++ CPU kernels take autocast's float32 weight and bias as they are (no bf16 copy each
+    call; their gradients summed in float32); other backends get them cast, as F.conv2d does."""
+    x, weight, bias = make(1, 4, 8, 8, 4, dtype=torch.float32, device=device)
+    weight.requires_grad_()
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = conv3x3_bias_relu(x, weight, bias, backend=backend)
+        out.float().sum().backward()
+
+    seen = dtypes_passed_to("unet_fast", step)
+    parameters = torch.float32 if backend == "cpu" else torch.bfloat16
+    if backend != "torch":
+        forward = next(dtypes for name, dtypes in seen.items() if not name.endswith("backward"))
+        assert forward == [torch.bfloat16, parameters, parameters]
+    assert weight.grad.dtype == torch.float32
+
+
+def test_mixed_dtypes_outside_autocast_are_refused():
+    x, weight, bias = make(1, 4, 8, 8, 4, dtype=torch.float32)
+    with pytest.raises(TypeError, match="weight has dtype torch.float32 but x has torch.bfloat16"):
+        conv3x3_bias_relu(x.bfloat16(), weight, bias, backend="cpu")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from unet_fast.ops import up_conv2x2
 
-from conftest import backends_for, onednn_emulates
+from conftest import backends_for, dtypes_passed_to, onednn_emulates
 
 BACKENDS = backends_for("up_conv2x2")
 # (N, C_in, H, W, C_out)
@@ -100,6 +100,30 @@ def test_autocast_runs_in_bfloat16(backend, device):
     assert weight.grad.dtype == torch.float32
     want = F.conv_transpose2d(x.double(), weight.double(), bias.double(), stride=2)
     torch.testing.assert_close(out.double(), want, **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_hands_the_cpu_kernel_float32_parameters(backend, device):
+    """The C++ kernel takes autocast's float32 weight and bias as they are and returns their
+    gradients in float32; other backends get them cast, as F.conv_transpose2d does."""
+    x, weight, bias = make(2, 8, 5, 6, 4, device=device)
+    weight.requires_grad_()
+    bias.requires_grad_()
+    grad = torch.randn(2, 4, 10, 12, device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = up_conv2x2(x, weight, bias, backend=backend)
+        out.float().backward(grad)
+
+    seen = dtypes_passed_to("unet_fast", step)
+    if backend == "cpu":
+        assert seen["up_conv2x2"] == [torch.bfloat16, torch.float32, torch.float32]
+    weight64, bias64 = (t.detach().double().requires_grad_() for t in (weight, bias))
+    F.conv_transpose2d(x.bfloat16().double(), weight64, bias64, stride=2).backward(grad.bfloat16().double())
+    assert weight.grad.dtype == bias.grad.dtype == torch.float32
+    torch.testing.assert_close(weight.grad.double(), weight64.grad, **TOL[torch.bfloat16])
+    torch.testing.assert_close(bias.grad.double(), bias64.grad, **TOL[torch.bfloat16])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

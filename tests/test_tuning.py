@@ -195,6 +195,36 @@ def test_every_candidate_agrees_with_float64(dtype, layer):
         assert relative_error(grad_weight, want_weight) <= NORM_RTOL[dtype], algorithm
 
 
+@pytest.mark.parametrize("layer", [(3, 16, 22), (64, 64, 20)], ids=str)
+def test_every_bf16_candidate_takes_float32_parameters(layer):
+    """Autocast's float32 weight and bias, as the CPU ops get them with bf16 activations: every
+    candidate agrees with float64 within bf16's bound, and returns their gradients in float32
+    with the weight's strides; those computed in fp32 are not rounded to bf16 on the way
+    (fp32's bound, on the bf16 operands)."""
+    c_in, c_out, side = layer
+    x, weight, bias = make(2, c_in, c_out, side)
+    x = x.bfloat16()
+    x64, weight64, bias64 = (t.double() for t in (x, weight, bias))
+    want = F.relu(F.conv2d(x64, weight64, bias64))
+    for algorithm in tuning.candidates(tuning.ConvShape.of("forward", x, weight)):
+        out = FORWARD(x, weight, bias, True, algorithm)
+        assert out.dtype == torch.bfloat16 and relative_error(out, want) <= NORM_RTOL[torch.bfloat16], algorithm
+    grad = torch.randn(want.shape, dtype=torch.float64).bfloat16()
+    masked = grad.double() * (want > 0)
+    want_x = torch.nn.grad.conv2d_input(x.shape, weight64, masked)
+    want_weight = torch.nn.grad.conv2d_weight(x64, weight.shape, masked)
+    for algorithm in tuning.candidates(tuning.ConvShape.of("data_grad", x, weight)):
+        grad_x = BACKWARD(grad, x, weight, want.bfloat16(), [True, False, False], algorithm, "direct")[0]
+        assert grad_x.dtype == torch.bfloat16
+        assert relative_error(grad_x, want_x) <= NORM_RTOL[torch.bfloat16], algorithm
+    for algorithm in tuning.candidates(tuning.ConvShape.of("weight_grad", x, weight)):
+        _, grad_weight, grad_bias = BACKWARD(grad, x, weight, want.bfloat16(), [False, True, True], "direct", algorithm)
+        assert grad_weight.dtype == grad_bias.dtype == torch.float32 and grad_weight.stride() == weight.stride()
+        bound = NORM_RTOL[torch.float32 if algorithm.startswith("float:") else torch.bfloat16]
+        assert relative_error(grad_weight, want_weight) <= bound, algorithm
+        assert relative_error(grad_bias, masked.sum((0, 2, 3))) <= NORM_RTOL[torch.float32]
+
+
 def test_bf16_candidates_include_fp32_and_native_kernels_only_where_native():
     x, weight, _ = make(1, 64, 64, 20, dtype=torch.bfloat16)
     found = tuning.candidates(tuning.ConvShape.of("forward", x, weight))

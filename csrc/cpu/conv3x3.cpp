@@ -89,6 +89,9 @@ bool winograd_in_float(const ConvAlgorithm& algorithm, at::ScalarType dtype) {
 
 at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
                       const ConvAlgorithm& algorithm) {
+  if (weight.scalar_type() != x.scalar_type() && !algorithm.in_float) {  // float32 parameters, run in x's dtype
+    return forward_by(x, weight.to(x.scalar_type()), to_dtype(bias, x.scalar_type()), relu, algorithm);
+  }
   if (winograd_in_float(algorithm, x.scalar_type())) {
     return winograd_conv3x3(x, weight, bias, relu, algorithm.block, /*float_gemm=*/true);
   }
@@ -114,6 +117,9 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
 // The gradient of x from the masked, channels_last output gradient.
 at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                         const ConvAlgorithm& algorithm) {
+  if (weight.scalar_type() != grad.scalar_type() && !algorithm.in_float) {
+    return data_grad_by(grad, x, weight.to(grad.scalar_type()), algorithm);
+  }
   if (winograd_in_float(algorithm, grad.scalar_type())) {
     return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/true);
   }
@@ -135,17 +141,28 @@ at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::T
   }
 }
 
-// The gradient of the weight, with the weight's strides, from the masked output gradient.
+// The gradient of the weight, in the weight's dtype and with its strides, from the masked
+// output gradient.
 at::Tensor weight_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                           const ConvAlgorithm& algorithm) {
   if (winograd_in_float(algorithm, grad.scalar_type())) {
-    return in_weight_layout(winograd_conv3x3_weight_grad(grad, x, algorithm.block, /*float_gemm=*/true), weight);
+    return in_weight_layout(winograd_conv3x3_weight_grad(grad, x, algorithm.block, /*float_gemm=*/true,
+                                                         weight.scalar_type()),
+                            weight);
   }
+  // The weight's values are not read for its own gradient, only its shape and strides.
+  const auto shaped_like_weight = [&](at::ScalarType dtype) {
+    return weight.scalar_type() == dtype ? weight : at::empty_strided(weight.sizes(), weight.strides(),
+                                                                      weight.options().dtype(dtype));
+  };
   if (algorithm.in_float) {
     ConvAlgorithm in_fp32 = algorithm;
     in_fp32.in_float = false;
-    return weight_grad_by(grad.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), in_fp32)
+    return weight_grad_by(grad.to(at::kFloat), x.to(at::kFloat), shaped_like_weight(at::kFloat), in_fp32)
         .to(weight.scalar_type());
+  }
+  if (weight.scalar_type() != grad.scalar_type()) {
+    return weight_grad_by(grad, x, shaped_like_weight(grad.scalar_type()), algorithm).to(weight.scalar_type());
   }
   switch (algorithm.method) {
     case ConvMethod::kWinograd:
@@ -164,7 +181,7 @@ at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight, 
                                  bool relu, c10::string_view algorithm) {
   const PooledAllocations pooled;
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
-  check_conv3x3_args(x, weight, bias);
+  check_conv3x3_args(x, weight, bias, /*fp32_parameters=*/true);
   return forward_by(x, weight, bias, relu, parse_conv_algorithm(algorithm, ConvPass::kForward, x.scalar_type()));
 }
 

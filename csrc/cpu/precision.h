@@ -24,13 +24,15 @@ inline bool emulated_by_onednn(at::ScalarType dtype) {
   return (dtype == at::kBFloat16 && !bf16) || (dtype == at::kHalf && !fp16);
 }
 
-inline std::optional<at::Tensor> in_float(const std::optional<at::Tensor>& t) {
-  return t ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
-}
-
 inline at::Tensor to_dtype(const at::Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.to(dtype) : t;
 }
+
+inline std::optional<at::Tensor> to_dtype(const std::optional<at::Tensor>& t, at::ScalarType dtype) {
+  return t ? std::optional<at::Tensor>(t->to(dtype)) : std::nullopt;
+}
+
+inline std::optional<at::Tensor> in_float(const std::optional<at::Tensor>& t) { return to_dtype(t, at::kFloat); }
 
 // Autocast has already cast the op's inputs; it must not recast the GEMMs and convolutions the
 // kernels run inside. Construct with c10::autocast_dispatch_keyset.

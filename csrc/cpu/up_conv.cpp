@@ -24,12 +24,15 @@ void check_up_conv_args(const at::Tensor& x, const at::Tensor& weight, const std
               "up_conv2x2: weight must be (C_in, C_out, 2, 2), got ", weight.sizes());
   TORCH_CHECK(weight.size(0) == x.size(1), "up_conv2x2: weight takes ", weight.size(0),
               " input channels but x has ", x.size(1));
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()) && weight.scalar_type() == x.scalar_type(),
+  // or float32 weight and bias for bf16/fp16 x: autocast's master parameters, used as they are
+  const bool master_parameters =
+      weight.scalar_type() == at::kFloat && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()) && (weight.scalar_type() == x.scalar_type() || master_parameters),
               "up_conv2x2: x and weight must share one floating-point dtype, got ", x.scalar_type(), " and ",
               weight.scalar_type());
   TORCH_CHECK(!bias || (bias->dim() == 1 && bias->size(0) == weight.size(1) &&
-                        bias->scalar_type() == x.scalar_type()),
-              "up_conv2x2: bias must be (C_out,) = (", weight.size(1), ",) in x's dtype");
+                        bias->scalar_type() == weight.scalar_type()),
+              "up_conv2x2: bias must be (C_out,) = (", weight.size(1), ",) in the weight's dtype");
 }
 
 // x as a (pixels, C_in) matrix: a view when x is channels_last.
@@ -85,6 +88,9 @@ at::Tensor up_conv2x2_cpu(const at::Tensor& x, const at::Tensor& weight, const s
   if (emulated_by_onednn(x.scalar_type())) {  // computed in fp32, rounded once at the end
     return up_conv2x2_cpu(x.to(at::kFloat), weight.to(at::kFloat), in_float(bias)).to(x.scalar_type());
   }
+  if (weight.scalar_type() != x.scalar_type()) {  // float32 parameters, run in x's dtype
+    return up_conv2x2_cpu(x, weight.to(x.scalar_type()), to_dtype(bias, x.scalar_type()));
+  }
   const int64_t h = x.size(2), w = x.size(3);
   at::Tensor out = at::empty({x.size(0), weight.size(1), 2 * h, 2 * w},
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -124,11 +130,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> up_conv2x2_backward_cpu(const at:
                   grad_out.size(2) == 2 * h && grad_out.size(3) == 2 * w,
               "up_conv2x2_backward: grad_out must be (", n, ", ", c_out, ", ", 2 * h, ", ", 2 * w, "), got ",
               grad_out.sizes());
-  const auto dtype = x.scalar_type();
-  if (emulated_by_onednn(dtype)) {
+  const auto dtype = x.scalar_type(), parameter_dtype = weight.scalar_type();
+  if (emulated_by_onednn(dtype) || parameter_dtype != dtype) {  // in fp32, or in x's dtype
+    const auto compute = emulated_by_onednn(dtype) ? at::kFloat : dtype;
     auto [grad_x, grad_weight, grad_bias] =
-        up_conv2x2_backward_cpu(grad_out.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), output_mask);
-    return {to_dtype(grad_x, dtype), to_dtype(grad_weight, dtype), to_dtype(grad_bias, dtype)};
+        up_conv2x2_backward_cpu(grad_out.to(compute), x.to(compute), weight.to(compute), output_mask);
+    return {to_dtype(grad_x, dtype), to_dtype(grad_weight, parameter_dtype), to_dtype(grad_bias, parameter_dtype)};
   }
   const at::Tensor grad = gather_grad(grad_out.to(dtype), h, w);
   at::Tensor grad_x, grad_weight, grad_bias;

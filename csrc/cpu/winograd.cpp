@@ -191,14 +191,15 @@ void with_types(at::ScalarType dtype, bool float_gemm, const char* name, Fn&& fn
 // The points G g G^T of every channel pair, (points, C_out, C_in), g turned by 180 degrees if
 // `turned`. The transposed view (points, C_in, C_out) is the forward's right GEMM operand; as
 // it is, the turned transform is the data gradient's (a convolution from C_out to C_in channels).
-// In the weight's dtype, or in float for GEMMs in float.
+// In the weight's dtype, or in float for GEMMs in float (from a bf16 or a float32 weight).
 template <class W>
 at::Tensor transform_weight(const at::Tensor& weight_in, bool turned, bool float_gemm) {
   constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor weight = weight_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_out = weight.size(0), c_in = weight.size(1);
   at::Tensor wt = at::empty({kPoints, c_out, c_in}, weight.options().dtype(float_gemm ? at::kFloat : weight.scalar_type()));
-  with_types(weight.scalar_type(), float_gemm, "winograd_transform_weight", [&](auto storage, auto gemm) {
+  const bool from_bf16 = float_gemm && weight.scalar_type() != at::kFloat;
+  with_types(weight.scalar_type(), from_bf16, "winograd_transform_weight", [&](auto storage, auto gemm) {
     using scalar_t = decltype(storage);
     using G = decltype(gemm);
     const scalar_t* g = weight.const_data_ptr<scalar_t>();
@@ -535,7 +536,8 @@ at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight, bool f
 // training step's peak memory; each further slice transforms the input tiles again, which
 // costs little beside those layers' GEMMs.
 template <class W>
-at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool float_gemm) {
+at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool float_gemm,
+                       std::optional<at::ScalarType> result_dtype) {
   constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = with_channels_innermost(x_in);
@@ -543,25 +545,35 @@ at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool f
   const auto sums_options = acc_options(x);
   const int64_t slice = std::clamp<int64_t>(
       kSumsBudgetBytes / (kPoints * c_in * int64_t(c10::elementSize(sums_options.dtype().toScalarType()))), 1, c_out);
-  at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const auto dtype = result_dtype.value_or(x.scalar_type());
+  TORCH_CHECK(dtype == x.scalar_type() || (float_gemm && dtype == at::kFloat),
+              "winograd_conv3x3_weight_grad: a ", dtype, " result is for bf16 inputs with GEMMs in float");
+  at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
   with_types(x.scalar_type(), float_gemm, "winograd_conv3x3_weight_grad", [&](auto storage, auto gemm) {
     using scalar_t = decltype(storage);
-    scalar_t* g = grad_weight.mutable_data_ptr<scalar_t>();
-    for (int64_t first = 0; first < c_out; first += slice) {
-      const int64_t count = std::min(slice, c_out - first);
-      at::Tensor grad_weight_t = at::empty({kPoints, count, c_in}, sums_options);
-      winograd_weight_grad_typed<W, scalar_t, decltype(gemm)>(grad.narrow(1, first, count), x, grad_weight_t);
-      // Back from the transform domain, output channel by output channel.
-      const Acc<scalar_t>* du = grad_weight_t.const_data_ptr<Acc<scalar_t>>();
-      parallel_pieces(0, count, 1, [&](int64_t begin, int64_t end) {
-        std::vector<Acc<scalar_t>> scratch(3 * W::kTile * c_in);
-        scalar_t* taps[9];
-        for (int64_t o = begin; o < end; ++o) {
-          for (int k = 0; k < 9; ++k) taps[k] = g + ((first + o) * 9 + k) * c_in;
-          untransform_filters<W, scalar_t>(du + o * c_in, count * c_in, c_in, scratch.data(), taps);
-        }
-      });
+    // The taps in R: scalar_t, or float from the float sums of bf16 inputs (Acc<bf16> is float).
+    const auto untransform_into = [&](auto* g) {
+      using R = std::remove_pointer_t<decltype(g)>;
+      for (int64_t first = 0; first < c_out; first += slice) {
+        const int64_t count = std::min(slice, c_out - first);
+        at::Tensor grad_weight_t = at::empty({kPoints, count, c_in}, sums_options);
+        winograd_weight_grad_typed<W, scalar_t, decltype(gemm)>(grad.narrow(1, first, count), x, grad_weight_t);
+        // Back from the transform domain, output channel by output channel.
+        const Acc<R>* du = grad_weight_t.const_data_ptr<Acc<R>>();
+        parallel_pieces(0, count, 1, [&](int64_t begin, int64_t end) {
+          std::vector<Acc<R>> scratch(3 * W::kTile * c_in);
+          R* taps[9];
+          for (int64_t o = begin; o < end; ++o) {
+            for (int k = 0; k < 9; ++k) taps[k] = g + ((first + o) * 9 + k) * c_in;
+            untransform_filters<W, R>(du + o * c_in, count * c_in, c_in, scratch.data(), taps);
+          }
+        });
+      }
+    };
+    if constexpr (std::is_same_v<Acc<scalar_t>, float>) {
+      if (dtype == at::kFloat) return untransform_into(grad_weight.mutable_data_ptr<float>());
     }
+    untransform_into(grad_weight.mutable_data_ptr<scalar_t>());
   });
   return grad_weight;
 }
@@ -591,8 +603,9 @@ at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& 
   return with_block(block, [&](auto w) { return data_grad<decltype(w)>(grad, weight, float_gemm); });
 }
 
-at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block, bool float_gemm) {
-  return with_block(block, [&](auto w) { return weight_grad<decltype(w)>(grad, x, float_gemm); });
+at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block, bool float_gemm,
+                                        std::optional<at::ScalarType> result_dtype) {
+  return with_block(block, [&](auto w) { return weight_grad<decltype(w)>(grad, x, float_gemm, result_dtype); });
 }
 
 }  // namespace unet_fast

@@ -12,7 +12,8 @@ namespace unet_fast {
 
 // Every function takes `float_gemm` for bf16 tensors computed in fp32: the transforms read and
 // write bf16 but keep the transformed tiles and weights in float for float GEMMs, so the result
-// is rounded to bf16 once, with no converted copies of the tensors.
+// is rounded to bf16 once, with no converted copies of the tensors. The weight may then be bf16
+// or float32 (autocast's master weights).
 
 // relu(conv3x3(x, weight) + bias) (the ReLU if `relu`), channels_last, computed tile by tile
 // in the Winograd domain of F(block x block, 3x3) with at most a fixed budget of transform
@@ -26,8 +27,10 @@ at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& 
                                       bool float_gemm = false);
 
 // The gradient of conv3x3(x, weight) with respect to the weight: (C_out, C_in, 3, 3),
-// channels_last.
+// channels_last, in x's dtype or `result_dtype` (float32 for bf16 x with `float_gemm`: the
+// gradient of float32 master weights, rounded once).
 at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block,
-                                        bool float_gemm = false);
+                                        bool float_gemm = false,
+                                        std::optional<at::ScalarType> result_dtype = std::nullopt);
 
 }  // namespace unet_fast

@@ -26,6 +26,16 @@ def check_same_device_and_dtype(**tensors: torch.Tensor) -> None:
             raise TypeError(f"{name} has dtype {tensor.dtype} but {first_name} has {first.dtype}")
 
 
+def check_parameter_like(name: str, parameter: torch.Tensor, input_name: str, like: torch.Tensor,
+                         master_parameters: bool = False) -> None:
+    """A weight or bias on the device and in the dtype of the input `like`, or, with
+    `master_parameters` (an op under autocast that takes them so), in float32."""
+    if master_parameters and parameter.dtype == torch.float32 and parameter.device != like.device:
+        raise ValueError(f"{name} is on {parameter.device} but {input_name} is on {like.device}")
+    if not (master_parameters and parameter.dtype == torch.float32):
+        check_same_device_and_dtype(**{input_name: like, name: parameter})
+
+
 def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
     """The layout an op's output takes: channels_last for channels_last input, else NCHW
     (the C++ kernels apply the same rule, csrc/crop_concat.h)."""

@@ -6,7 +6,8 @@ backward masks the incoming gradient with the saved output (``out > 0`` exactly 
 pre-activation was positive, so none is kept) and sums it for the bias in the same pass; the
 data and weight gradients are computed each only if needed. On the CPU each pass runs by the
 algorithm :mod:`unet_fast.tuning` measured fastest for its shape on this machine. Under
-``torch.autocast`` the op runs in the autocast dtype, as ``F.conv2d`` does.
+``torch.autocast`` the op runs in the autocast dtype, as ``F.conv2d`` does; on the CPU it takes
+float32 weights and biases as they are and returns their gradients summed in float32.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from unet_fast import tuning
 from unet_fast.ops import backends
-from unet_fast.ops._checks import check_same_device_and_dtype, check_tensor
+from unet_fast.ops._checks import check_parameter_like, check_tensor
 
 __all__ = ["conv3x3_bias_relu"]
 
@@ -33,9 +34,10 @@ def conv3x3_bias_relu(
 ) -> torch.Tensor:
     """``relu(conv2d(x, weight, bias))`` (without the ReLU if ``relu=False``) for x (N, C_in,
     H, W), weight (C_out, C_in, 3, 3), bias (C_out,) or None; returns (N, C_out, H-2, W-2)."""
-    x, weight, bias = autocast_inputs(x, weight, bias)
-    check_conv_args(x, weight, bias, relu)
-    chosen = resolve_conv_backend(backend, x.device)
+    chosen = resolve_conv_backend(backend, x.device) if isinstance(x, torch.Tensor) else None
+    master = takes_master_parameters(chosen, x)
+    (x,), (weight, bias) = autocast_inputs((x,), (weight, bias), master)
+    check_conv_args(x, weight, bias, relu, master)
     if chosen == "torch":
         return conv3x3_bias_relu_composite(x, weight, bias, relu)
     return forward_on(chosen, x, weight, bias, relu)
@@ -122,6 +124,7 @@ def composite_backward(grad_out, x, weight, out, output_mask, relu_input=False):
     x through this graph goes through that ReLU's backward too, as x's own node expects."""
     if relu_input:
         x = F.relu(x)
+    weight = weight.to(x.dtype)  # float32 master parameters under autocast (differentiably)
     grad = grad_out if out is None else torch.where(out <= 0, 0, grad_out)
     grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
         grad, x, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, list(output_mask))
@@ -130,25 +133,43 @@ def composite_backward(grad_out, x, weight, out, output_mask, relu_input=False):
     return grad_x, grad_weight, grad_bias
 
 
-def autocast_inputs(*tensors):
-    """The floating-point tensors in the autocast dtype of the first one's device while autocast is on."""
-    x = tensors[0]
+def takes_master_parameters(backend: str | None, x) -> bool:
+    """Whether an op on `backend` takes autocast's float32 weights and biases as they are with
+    activations in the autocast dtype: the C++ CPU kernels do (a pass computed in fp32 then
+    reads them with no cast, and their gradients are summed in fp32 and returned as such,
+    never rounded to bf16), and are given them only under autocast."""
+    return backend == "cpu" and isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
+
+
+def autocast_inputs(activations: tuple, parameters: tuple, master_parameters: bool = False) -> tuple[tuple, tuple]:
+    """The floating-point tensors in the autocast dtype of the first activation's device while
+    autocast is on; with `master_parameters` the float32 parameters stay as they are."""
+    x = activations[0]
     if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
-        return tensors
+        return activations, parameters
     dtype = torch.get_autocast_dtype(x.device.type)
-    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+    def cast(t, keep=False):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or (keep and t.dtype == torch.float32):
+            return t
+        return t.to(dtype)
+
+    return tuple(cast(t) for t in activations), tuple(cast(t, master_parameters) for t in parameters)
 
 
-def check_conv_args(x, weight, bias, relu) -> None:
+def check_conv_args(x, weight, bias, relu, master_parameters: bool = False) -> None:
     check_tensor("x", x, dim=4, layout="(N, C_in, H, W)")
-    check_filter(weight, bias, relu, x, x.shape[1], tuple(x.shape[2:]), input_name="x")
+    check_filter(weight, bias, relu, x, x.shape[1], tuple(x.shape[2:]), input_name="x",
+                 master_parameters=master_parameters)
 
 
-def check_filter(weight, bias, relu, like: torch.Tensor, in_channels: int, size: tuple, input_name: str) -> None:
+def check_filter(weight, bias, relu, like: torch.Tensor, in_channels: int, size: tuple, input_name: str,
+                 master_parameters: bool = False) -> None:
     """Checks a 3x3 convolution's weight, bias and relu for an input of `in_channels` and
-    spatial `size`, on the device and in the dtype of `like`."""
+    spatial `size`, on the device and in the dtype of `like` (or float32, with
+    `master_parameters`)."""
     check_tensor("weight", weight, dim=4, layout="(C_out, C_in, 3, 3)")
-    check_same_device_and_dtype(**{input_name: like, "weight": weight})
+    check_parameter_like("weight", weight, input_name, like, master_parameters)
     if tuple(weight.shape[2:]) != (3, 3):
         raise ValueError(f"weight must be (C_out, C_in, 3, 3), got kernel size {tuple(weight.shape[2:])}")
     if weight.shape[0] == 0 or weight.shape[1] == 0:
@@ -159,7 +180,7 @@ def check_filter(weight, bias, relu, like: torch.Tensor, in_channels: int, size:
         raise ValueError(f"{input_name} must be at least 3x3 for a valid 3x3 convolution, got {size}")
     if bias is not None:
         check_tensor("bias", bias, dim=1, layout="(C_out,)")
-        check_same_device_and_dtype(**{input_name: like, "bias": bias})
+        check_parameter_like("bias", bias, input_name, like, master_parameters)
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have C_out = {weight.shape[0]} entries, got {bias.shape[0]}")
     if not isinstance(relu, bool):

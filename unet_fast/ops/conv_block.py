@@ -21,6 +21,7 @@ from unet_fast.ops.conv import (
     conv3x3_bias_relu_composite,
     forward_on,
     resolve_conv_backend,
+    takes_master_parameters,
 )
 
 __all__ = ["conv3x3_block"]
@@ -39,11 +40,13 @@ def conv3x3_block(
     """``conv3x3_bias_relu(conv3x3_bias_relu(x, weight1, bias1), weight2, bias2, final_relu)``,
     recomputing the inner output in backward instead of keeping it. Runs on the backend
     conv3x3_bias_relu would choose."""
-    x, weight1, bias1, weight2, bias2 = autocast_inputs(x, weight1, bias1, weight2, bias2)
-    check_conv_args(x, weight1, bias1, True)
+    chosen = resolve_conv_backend(backend, x.device) if isinstance(x, torch.Tensor) else None
+    master = takes_master_parameters(chosen, x)
+    (x,), (weight1, bias1, weight2, bias2) = autocast_inputs((x,), (weight1, bias1, weight2, bias2), master)
+    check_conv_args(x, weight1, bias1, True, master)
     inner_size = (x.shape[2] - 2, x.shape[3] - 2)
-    check_filter(weight2, bias2, final_relu, x, weight1.shape[0], inner_size, input_name="the first convolution's output")
-    chosen = resolve_conv_backend(backend, x.device)
+    check_filter(weight2, bias2, final_relu, x, weight1.shape[0], inner_size,
+                 input_name="the first convolution's output", master_parameters=master)
     if chosen == "torch":
         inner = conv3x3_bias_relu_composite(x, weight1, bias1, True)
         return conv3x3_bias_relu_composite(inner, weight2, bias2, final_relu)

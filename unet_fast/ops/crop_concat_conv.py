@@ -25,6 +25,7 @@ from unet_fast.ops.conv import (
     composite_backward,
     conv3x3_bias_relu_composite,
     new_conv_output,
+    takes_master_parameters,
     tuned,
     tuned_backward,
 )
@@ -44,10 +45,12 @@ def crop_concat_conv3x3(
 ) -> torch.Tensor:
     """``conv3x3_bias_relu(crop_concat(up, skip), weight, bias, relu)`` for up (N, Cu, h, w),
     skip (N, Cs, H, W) with H >= h, W >= w, weight (C_out, Cu + Cs, 3, 3)."""
-    up, skip, weight, bias = autocast_inputs(up, skip, weight, bias)
+    chosen = resolve_join_backend(backend, up.device) if isinstance(up, torch.Tensor) else None
+    master = takes_master_parameters(chosen, up)
+    (up, skip), (weight, bias) = autocast_inputs((up, skip), (weight, bias), master)
     check_join_args(up, skip)
-    check_filter(weight, bias, relu, up, up.shape[1] + skip.shape[1], tuple(up.shape[2:]), input_name="up")
-    chosen = resolve_join_backend(backend, up.device)
+    check_filter(weight, bias, relu, up, up.shape[1] + skip.shape[1], tuple(up.shape[2:]), input_name="up",
+                 master_parameters=master)
     if chosen == "torch":
         return conv3x3_bias_relu_composite(crop_concat_composite(up, skip), weight, bias, relu)
     return join_forward_on(chosen, up, skip, weight, bias, relu)

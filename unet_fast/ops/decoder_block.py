@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from unet_fast.ops.conv import autocast_inputs, backward_on, check_filter, conv3x3_bias_relu_composite, forward_on
+from unet_fast.ops.conv import (
+    autocast_inputs,
+    backward_on,
+    check_filter,
+    conv3x3_bias_relu_composite,
+    forward_on,
+    takes_master_parameters,
+)
 from unet_fast.ops.crop_concat import check_join_args, crop_concat_composite
 from unet_fast.ops.crop_concat_conv import join_backward_on, join_forward_on, resolve_join_backend
 
@@ -34,13 +41,16 @@ def crop_concat_conv3x3_block(
 ) -> torch.Tensor:
     """``conv3x3_bias_relu(crop_concat_conv3x3(up, skip, weight1, bias1), weight2, bias2,
     final_relu)``. Runs on the backend crop_concat_conv3x3 would choose."""
-    up, skip, weight1, bias1, weight2, bias2 = autocast_inputs(up, skip, weight1, bias1, weight2, bias2)
+    chosen = resolve_join_backend(backend, up.device) if isinstance(up, torch.Tensor) else None
+    master = takes_master_parameters(chosen, up)
+    (up, skip), (weight1, bias1, weight2, bias2) = autocast_inputs((up, skip), (weight1, bias1, weight2, bias2),
+                                                                   master)
     check_join_args(up, skip)
-    check_filter(weight1, bias1, True, up, up.shape[1] + skip.shape[1], tuple(up.shape[2:]), input_name="up")
+    check_filter(weight1, bias1, True, up, up.shape[1] + skip.shape[1], tuple(up.shape[2:]), input_name="up",
+                 master_parameters=master)
     inner_size = (up.shape[2] - 2, up.shape[3] - 2)
     check_filter(weight2, bias2, final_relu, up, weight1.shape[0], inner_size,
-                 input_name="the join's convolution output")
-    chosen = resolve_join_backend(backend, up.device)
+                 input_name="the join's convolution output", master_parameters=master)
     if chosen == "torch":
         inner = conv3x3_bias_relu_composite(crop_concat_composite(up, skip), weight1, bias1, True)
         return conv3x3_bias_relu_composite(inner, weight2, bias2, final_relu)

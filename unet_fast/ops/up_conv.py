@@ -7,7 +7,8 @@ channels_last output; the backward gathers the output's gradient into that layou
 takes the input's and the weight's gradients as two more GEMMs. ATen's CPU transposed
 convolution runs its backward several times slower than that. On CUDA tensors every backend
 runs cuDNN's transposed convolution (the composite): it is a GEMM there already. Under
-``torch.autocast`` the op runs in the autocast dtype, as ``F.conv_transpose2d`` does.
+``torch.autocast`` the op runs in the autocast dtype, as ``F.conv_transpose2d`` does; on the
+CPU it takes float32 weights and biases as they are.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from unet_fast.ops import backends
-from unet_fast.ops._checks import check_same_device_and_dtype, check_tensor
-from unet_fast.ops.conv import autocast_inputs
+from unet_fast.ops._checks import check_parameter_like, check_tensor
+from unet_fast.ops.conv import autocast_inputs, takes_master_parameters
 
 __all__ = ["up_conv2x2"]
 
@@ -29,9 +30,11 @@ def up_conv2x2(
 ) -> torch.Tensor:
     """``F.conv_transpose2d(x, weight, bias, stride=2)`` for x (N, C_in, H, W), weight (C_in,
     C_out, 2, 2), bias (C_out,) or None; returns (N, C_out, 2H, 2W), channels_last."""
-    x, weight, bias = autocast_inputs(x, weight, bias)
-    _check_args(x, weight, bias)
-    if _resolve(backend, x.device) == "torch":
+    chosen = _resolve(backend, x.device) if isinstance(x, torch.Tensor) else None
+    master = takes_master_parameters(chosen, x)
+    (x,), (weight, bias) = autocast_inputs((x,), (weight, bias), master)
+    _check_args(x, weight, bias, master)
+    if chosen == "torch":
         return F.conv_transpose2d(x, weight, bias, stride=2)
     return torch.ops.unet_fast.up_conv2x2(x, weight, bias)
 
@@ -44,17 +47,17 @@ def _resolve(backend, device):
     return backends.resolve_backend("up_conv2x2", backend, device)
 
 
-def _check_args(x, weight, bias) -> None:
+def _check_args(x, weight, bias, master_parameters: bool = False) -> None:
     check_tensor("x", x, dim=4, layout="(N, C_in, H, W)")
     check_tensor("weight", weight, dim=4, layout="(C_in, C_out, 2, 2)")
-    check_same_device_and_dtype(x=x, weight=weight)
+    check_parameter_like("weight", weight, "x", x, master_parameters)
     if tuple(weight.shape[2:]) != (2, 2):
         raise ValueError(f"weight must be (C_in, C_out, 2, 2), got kernel size {tuple(weight.shape[2:])}")
     if weight.shape[0] != x.shape[1]:
         raise ValueError(f"weight takes {weight.shape[0]} input channels but x has {x.shape[1]}")
     if bias is not None:
         check_tensor("bias", bias, dim=1, layout="(C_out,)")
-        check_same_device_and_dtype(x=x, bias=bias)
+        check_parameter_like("bias", bias, "x", x, master_parameters)
         if bias.shape[0] != weight.shape[1]:
             raise ValueError(f"bias must have {weight.shape[1]} entries (C_out), got {bias.shape[0]}")
 
@@ -80,8 +83,8 @@ def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
     if torch.is_grad_enabled():  # backward(create_graph=True): ATen's, which can be differentiated again
-        return torch.ops.aten.convolution_backward(grad_out, x, weight, [weight.shape[1]], [2, 2], [0, 0], [1, 1],
-                                                   True, [0, 0], 1, mask)
+        return torch.ops.aten.convolution_backward(grad_out, x, weight.to(x.dtype), [weight.shape[1]], [2, 2],
+                                                   [0, 0], [1, 1], True, [0, 0], 1, mask)
     return torch.ops.unet_fast.up_conv2x2_backward(grad_out, x, weight, mask)
 
 
