@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from unet_fast import bench
+from unet_fast import bench, tuning
 
 
 def test_compare_times_both_sides_and_reports_the_ratio():
@@ -60,3 +60,11 @@ def test_busy_core_spins_another_process_meanwhile():
     with bench.busy_core():
         time.sleep(0.5)
     assert children_cpu_seconds() - before > 0.5  # the spinner burnt a core for the whole time
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_is_compared_with_the_posts_bf16_where_onednn_runs_it(native, monkeypatch):
+    monkeypatch.setattr(tuning, "onednn_native", lambda dtype: native)
+    names = [name for name, _, _ in bench._comparisons(188, torch.device("cpu"))]
+    assert "UNet step 188, bf16 autocast vs our fp32" in names
+    assert ("UNet step 188, bf16 autocast, both" in names) == native

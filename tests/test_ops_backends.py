@@ -26,16 +26,16 @@ def test_private_torch_queries_have_working_fallbacks(monkeypatch):
     from unet_fast import tuning
 
     backends._has_kernel.cache_clear()
-    tuning._native.cache_clear()
+    tuning.onednn_native.cache_clear()
     try:
         monkeypatch.delattr(torch._C, "_dispatch_has_kernel_for_dispatch_key")
         monkeypatch.setattr(torch.ops, "mkldnn", object())  # a torch without the mkldnn queries
         assert backends._has_kernel("crop_concat", "CPU") == backends.extension_loaded()
         assert backends.resolve_backend("crop_concat", "auto", torch.device("cpu")) in ("cpu", "torch")
-        assert tuning._native("bfloat16") is False  # so bf16 is computed in fp32, which runs anywhere
+        assert tuning.onednn_native("bfloat16") is False  # so bf16 is computed in fp32, which runs anywhere
         shape = tuning.ConvShape("forward", "bfloat16", 1, 8, 8, 6, 6)
         assert all(name.startswith("float:") for name in tuning.candidates(shape))
     finally:
         monkeypatch.undo()
         backends._has_kernel.cache_clear()
-        tuning._native.cache_clear()
+        tuning.onednn_native.cache_clear()

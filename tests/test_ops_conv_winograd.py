@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unet_fast.bench import peak_memory_mb
 from unet_fast.ops import available_backends, conv3x3_bias_relu
 from unet_fast.ops.conv import tuned_backward
 
@@ -79,6 +80,26 @@ def test_backward_of_every_unet_layer_shape_in_float32(layer, block):
     x, weight, _ = make(2, *layer, 15, 11)
     for norm_error, max_error in backward_errors(x, weight, relu=True):
         assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL, (norm_error, max_error)
+
+
+@pytest.mark.parametrize("layer", [(1024, 1024), (512, 1024), (1024, 512)], ids=lambda layer: "{}to{}".format(*layer))
+def test_wide_layers_transform_their_weights_a_slice_at_a_time(layer, block):
+    """A pass keeps at most 64 MiB of transformed weights or weight sums (F(6x6), 1024 -> 1024:
+    256 MiB whole), whatever the block: the tuner's choice by time cannot raise a step's peak by
+    more."""
+    x, weight = (t.contiguous(memory_format=torch.channels_last) for t in make(1, *layer, 15, 11)[:2])  # as UNet's
+    out = conv3x3_bias_relu(x, weight, None, True, backend="cpu")
+    grad = torch.randn(out.shape).contiguous(memory_format=torch.channels_last)
+    passes = {"forward": lambda: conv3x3_bias_relu(x, weight, None, True, backend="cpu"),
+              "data gradient": lambda: tuned_backward(grad, x, weight, out, [True, False, False]),
+              "weight gradient": lambda: tuned_backward(grad, x, weight, out, [False, True, False])}
+    # besides: the transformed tiles (each thread's piece, at least 32 tiles of both sides'
+    # channels; a weight gradient's chunk, 8 MiB a thread) and the result
+    threads = torch.get_num_threads()
+    tiles_mib = max(threads * (block + 2) ** 2 * 32 * sum(layer) * 4 / 2**20, 8 * threads)
+    for name, run in passes.items():
+        result_mib = weight.nbytes / 2**20 if name == "weight gradient" else 1
+        assert peak_memory_mb(run, x.device) <= 64 + tiles_mib + result_mib, name
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, NORM_RTOL), (torch.float64, 1e-13)])

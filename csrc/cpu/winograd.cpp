@@ -30,7 +30,14 @@ namespace {
 constexpr int64_t kBudgetBytes = 8 << 20;
 constexpr int64_t kBf16BudgetBytes = 16 << 20;
 constexpr int64_t kMinPieceTiles = 32;
-constexpr int64_t kSumsBudgetBytes = 32 << 20;  // a weight gradient's transform-domain sums
+// The transformed weights of a forward or data gradient, and a weight gradient's
+// transform-domain sums, are made a slice of output channels at a time within these: the wide
+// layers' are larger than the weights (F(6x6), 1024 -> 1024: 256 MiB against 36), and at 572
+// they set a training step's peak memory. Slices cost time: forward and data gradient of
+// 1024 -> 1024 at 28 by F(4x4), 87-92 ms whole, 97-130 in slices within 64 MiB, 106-150 within
+// 32 (three alternating runs, AVX-512); F(2x2), whose weights fit, 102-115 ms.
+constexpr int64_t kWeightsBudgetBytes = 64 << 20;
+constexpr int64_t kSumsBudgetBytes = 32 << 20;
 // The matrices of F(m x m, 3x3): B^T (tile x tile), G (tile x 3) and A^T (m x tile), for the
 // interpolation points 0, +-1 (m = 2), then +-2 (m = 4), then +-1/2 (m = 6), and infinity.
 template <int M>
@@ -195,7 +202,8 @@ void with_types(at::ScalarType dtype, bool float_gemm, const char* name, Fn&& fn
 template <class W>
 at::Tensor transform_weight(const at::Tensor& weight_in, bool turned, bool float_gemm) {
   constexpr int kPoints = W::kTile * W::kTile;
-  const at::Tensor weight = weight_in.contiguous(at::MemoryFormat::ChannelsLast);
+  // channels_last, or a slice of such weights: each tap's input channels side by side
+  const at::Tensor weight = weight_in.stride(1) == 1 ? weight_in : weight_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_out = weight.size(0), c_in = weight.size(1);
   at::Tensor wt = at::empty({kPoints, c_out, c_in}, weight.options().dtype(float_gemm ? at::kFloat : weight.scalar_type()));
   const bool from_bf16 = float_gemm && weight.scalar_type() != at::kFloat;
@@ -208,7 +216,9 @@ at::Tensor transform_weight(const at::Tensor& weight_in, bool turned, bool float
       std::vector<Acc<scalar_t>> scratch(W::kTile * 3 * c_in);
       const scalar_t* taps[9];
       for (int64_t o = begin; o < end; ++o) {
-        for (int k = 0; k < 9; ++k) taps[k] = g + (o * 9 + k) * c_in;
+        for (int k = 0; k < 9; ++k) {
+          taps[k] = g + o * weight.stride(0) + k / 3 * weight.stride(2) + k % 3 * weight.stride(3);
+        }
         transform_filters<W, scalar_t, G>(taps, c_in, turned, scratch.data(), out + o * c_in, c_out * c_in);
       }
     });
@@ -245,12 +255,13 @@ UNET_FAST_CPU_CLONES void input_transform(const T* const* rows, int64_t channels
 }
 
 // The m x m output block A^T M A + bias (then the ReLU) of one tile: M[point] at m + point *
-// point_stride; output row p goes to out_rows[p] (columns q at out_rows[p] + q * channels),
+// point_stride; output row p goes to out_rows[p] (columns q at out_rows[p] + q * pixel_stride),
 // of which only the first `columns` are written; M is in the GEMM's type G, the output in T.
 // `scratch` holds tile x m x C values.
 template <class W, typename T, typename G>
 UNET_FAST_CPU_CLONES void output_transform(const G* m, int64_t point_stride, int64_t channels, const Acc<T>* bias,
-                                           bool relu, Acc<T>* scratch, T* const* out_rows, int columns) {
+                                           bool relu, Acc<T>* scratch, T* const* out_rows, int64_t pixel_stride,
+                                           int columns) {
   constexpr int kTile = W::kTile, kOut = W::kOut;
   using A = Acc<T>;
   const auto at = [](int q, int b) { return W::AT[q][b]; };
@@ -270,7 +281,7 @@ UNET_FAST_CPU_CLONES void output_transform(const G* m, int64_t point_stride, int
     const A* column[kTile];
     T* out[kOut];
     for (int a = 0; a < kTile; ++a) column[a] = scratch + (a * kOut + q) * channels;
-    for (int p = 0; p < kOut; ++p) out[p] = out_rows[p] + q * channels;
+    for (int p = 0; p < kOut; ++p) out[p] = out_rows[p] + q * pixel_stride;
     if (relu) {
       combine<kOut, kTile>(at, column, out, channels, add_bias_relu);
     } else {
@@ -406,10 +417,11 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
   const std::vector<at::Tensor> m_buffers = piece_buffers<G>(x, threads, kPoints * per_piece * c_out);
   const Acc<T>* bias = bias_values.const_data_ptr<Acc<T>>();
   T* output = out.mutable_data_ptr<T>();
+  const int64_t image_stride = out.stride(0), row_stride = out.stride(2), pixel_stride = out.stride(3);
 
   for_each_piece(pieces, threads, [&](int64_t thread) {
     auto scratch = std::make_shared<TileScratch<T>>(std::max(kPoints * c_in, kTile * kOut * c_out), c_in);
-    auto spare = std::make_shared<std::vector<T>>(kOut * c_out);  // rows below the output go here
+    auto spare = std::make_shared<std::vector<T>>(kOut * pixel_stride);  // rows below the output go here
     return [&, thread, scratch, spare](int64_t piece) {
       const int64_t first = piece * per_piece, count = std::min(per_piece, grid.tiles() - first);
       at::Tensor u = u_buffers[thread].narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
@@ -422,11 +434,12 @@ void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t
         const TilePosition pos = grid.position(first + t);
         for (int p = 0; p < kOut; ++p) {
           const int64_t y = pos.y + p;
-          out_rows[p] = y < out_h ? output + ((pos.image * out_h + y) * out_w + pos.x) * c_out : spare->data();
+          out_rows[p] = y < out_h ? output + pos.image * image_stride + y * row_stride + pos.x * pixel_stride
+                                  : spare->data();
         }
         const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
         output_transform<W, T, G>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch->values.data(),
-                                  out_rows, columns);
+                                  out_rows, pixel_stride, columns);
       }
     };
   });
@@ -499,6 +512,40 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
   }
 }
 
+// Output channels a slice takes, of `channels`: as many as keep the transformed weights (or
+// weight sums) of `other_channels` x them within `budget` bytes, the slices made even.
+int64_t channels_a_slice(int64_t budget, int64_t points, int64_t channels, int64_t other_channels,
+                         int64_t element_size) {
+  const int64_t most = std::max<int64_t>(1, budget / (points * other_channels * element_size));
+  const int64_t slices = (channels + most - 1) / most;
+  return (channels + slices - 1) / slices;
+}
+
+// out = the convolution of x (zero-padded by `pad`) with `weight`, whose output channels are
+// dim `out_dim` of it (0; 1 for the data gradient's weights, turned), a slice of output
+// channels at a time: each slice's weights transformed, then all tiles swept.
+template <class W>
+void winograd_in_slices(const at::Tensor& x, int64_t pad, const at::Tensor& weight, int64_t out_dim,
+                        const at::Tensor& bias_values, bool relu, bool float_gemm, at::Tensor& out) {
+  constexpr int kPoints = W::kTile * W::kTile;
+  const int64_t channels = out.size(1);
+  const auto gemm_type = float_gemm ? at::kFloat : weight.scalar_type();
+  const int64_t slice =
+      channels_a_slice(kWeightsBudgetBytes, kPoints, channels, x.size(1), int64_t(c10::elementSize(gemm_type)));
+  for (int64_t first = 0; first < channels; first += slice) {
+    const int64_t count = std::min(slice, channels - first);
+    const at::Tensor part = weight.narrow(out_dim, first, count);
+    // (points, C_in, slice): the forward's transform transposed; the data gradient's as it is
+    const at::Tensor weight_t = out_dim == 0 ? transform_weight<W>(part, false, float_gemm).transpose(1, 2)
+                                             : transform_weight<W>(part, true, float_gemm);
+    at::Tensor out_slice = out.narrow(1, first, count);
+    with_types(x.scalar_type(), float_gemm, "winograd_conv3x3", [&](auto storage, auto gemm) {
+      winograd_typed<W, decltype(storage), decltype(gemm)>(x, pad, weight_t, bias_values.narrow(0, first, count),
+                                                           relu, out_slice);
+    });
+  }
+}
+
 template <class W>
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
                    bool float_gemm) {
@@ -508,10 +555,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::
                              x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto options = acc_options(x);
   const at::Tensor bias_values = bias ? bias->to(options.dtype()).contiguous() : at::zeros({c_out}, options);
-  const at::Tensor weight_t = transform_weight<W>(weight, false, float_gemm).transpose(1, 2);
-  with_types(x.scalar_type(), float_gemm, "winograd_conv3x3", [&](auto storage, auto gemm) {
-    winograd_typed<W, decltype(storage), decltype(gemm)>(x, 0, weight_t, bias_values, relu, out);
-  });
+  winograd_in_slices<W>(x, 0, weight, 0, bias_values, relu, float_gemm, out);
   return out;
 }
 
@@ -522,19 +566,14 @@ at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight, bool f
   at::Tensor grad_x = at::empty({grad.size(0), c_in, grad.size(2) + 2, grad.size(3) + 2},
                                 grad.options().memory_format(at::MemoryFormat::ChannelsLast));
   // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
-  const at::Tensor weight_t = transform_weight<W>(weight, true, float_gemm);
   const at::Tensor no_bias = at::zeros({c_in}, acc_options(grad));
-  with_types(grad.scalar_type(), float_gemm, "winograd_conv3x3_data_grad", [&](auto storage, auto gemm) {
-    winograd_typed<W, decltype(storage), decltype(gemm)>(grad, 2, weight_t, no_bias, false, grad_x);
-  });
+  winograd_in_slices<W>(grad, 2, weight, 1, no_bias, false, float_gemm, grad_x);
   return grad_x;
 }
 
 // The weight gradient is summed in the transform domain a slice of output channels at a time,
-// whose sums stay within kSumsBudgetBytes: the wide layers' sums are larger than their
-// gradients (F(4x4), 1024 -> 1024: 144 MiB against 36), and at 572 the bottleneck's set a
-// training step's peak memory; each further slice transforms the input tiles again, which
-// costs little beside those layers' GEMMs.
+// whose sums stay within kSumsBudgetBytes; each further slice transforms the input tiles
+// again, which costs little beside those layers' GEMMs.
 template <class W>
 at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool float_gemm,
                        std::optional<at::ScalarType> result_dtype) {
@@ -543,8 +582,8 @@ at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool f
   const at::Tensor x = with_channels_innermost(x_in);
   const int64_t c_in = x.size(1), c_out = grad.size(1);
   const auto sums_options = acc_options(x);
-  const int64_t slice = std::clamp<int64_t>(
-      kSumsBudgetBytes / (kPoints * c_in * int64_t(c10::elementSize(sums_options.dtype().toScalarType()))), 1, c_out);
+  const int64_t slice = channels_a_slice(kSumsBudgetBytes, kPoints, c_out, c_in,
+                                         int64_t(c10::elementSize(sums_options.dtype().toScalarType())));
   const auto dtype = result_dtype.value_or(x.scalar_type());
   TORCH_CHECK(dtype == x.scalar_type() || (float_gemm && dtype == at::kFloat),
               "winograd_conv3x3_weight_grad: a ", dtype, " result is for bf16 inputs with GEMMs in float");
