@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 import unet_fast
-from unet_fast import reference
+from unet_fast import reference, tuning
 from unet_fast.ops.crop_concat import crop_concat_composite
 from unet_fast.ops.weighted_cross_entropy import weighted_softmax_cross_entropy_composite
 
@@ -97,7 +97,8 @@ def compare(name: str, ours: Callable, theirs: Callable, rounds: int, device: to
 
 def _comparisons(size: int, device: torch.device, busy: bool = False):
     """(name, ours, reference) triples: each fused op, then the U-Net (in fp32; a bf16-autocast
-    step against our own fp32 one; a step with another process spinning on a core if `busy`)."""
+    step against our own fp32 one, and against the reference's where oneDNN runs bf16 itself;
+    a step with another process spinning on a core if `busy`)."""
     gen = torch.Generator().manual_seed(0)
     up = torch.randn(1, 64, 392, 392, generator=gen).to(device).requires_grad_()
     skip = torch.randn(1, 64, 568, 568, generator=gen).to(device).requires_grad_()
@@ -129,14 +130,15 @@ def _comparisons(size: int, device: torch.device, busy: bool = False):
     yield f"UNet training step, {size}x{size}", lambda: train_step(ours), lambda: train_step(theirs)
     yield (f"UNet step {size}, bf16 autocast vs our fp32", lambda: train_step(ours, autocast=True),
            lambda: train_step(ours))
+    if device.type != "cpu" or tuning.onednn_native("bfloat16"):  # else the post's bf16 step takes minutes
+        yield (f"UNet step {size}, bf16 autocast, both", lambda: train_step(ours, autocast=True),
+               lambda: train_step(theirs, autocast=True))
     if busy:
         yield f"UNet training step, {size}x{size}, a core busy", lambda: train_step(ours), lambda: train_step(theirs)
 
 
 def tune(size: int, device: torch.device) -> list:
     """Settles the algorithms of the U-Net at `size` in fp32 and bf16 (CPU; nothing elsewhere)."""
-    from unet_fast import tuning
-
     if device.type != "cpu" or not tuning.measuring():
         return []
     model = unet_fast.UNet()

@@ -8,7 +8,8 @@ CPU: oneDNN's bf16 kernels are 2x faster than fp32 with AMX and slower than fp32
 its channels_last weight gradient is 3x slower than NCHW on AVX2. So for every shape a network
 meets (per pass: forward, data gradient, weight gradient; and per dtype) the first calls each
 run one candidate as the real computation and time it, round by round, until every candidate
-has run twice (one more than twice as slow as the best, once); the fastest is kept, in memory and in
+has run twice (one more than twice as slow as the best, once; one within 1.25x of it, three
+times); the fastest is kept, in memory and in
 an on-disk cache keyed by the CPU's model and flags, the thread count and the torch and
 unet_fast versions. Exploring costs only the difference to the best, on the first few calls
 of a shape; the results of every candidate agree within the stated tolerances
@@ -40,11 +41,12 @@ from typing import Callable, TypeVar
 
 import torch
 
-__all__ = ["ConvShape", "Choice", "choices", "cold_start", "candidates", "tune", "format_choices", "cache_path"]
+__all__ = ["ConvShape", "Choice", "choices", "cold_start", "candidates", "tune", "format_choices", "cache_path",
+           "onednn_native"]
 
 PASSES = ("forward", "data_grad", "weight_grad")
-TRIALS = 2  # timed runs of each candidate; the fastest counts
 SLOW = 2.0  # a candidate this many times slower than the best so far is not run again
+CLOSE = 1.25  # one this close to the best is run three times (else twice): the fastest run counts
 CACHE_FORMAT = 1
 
 T = TypeVar("T")
@@ -91,7 +93,7 @@ def _cpu_has_avx512() -> bool:
 
 
 @functools.cache
-def _native(dtype: str) -> bool:
+def onednn_native(dtype: str) -> bool:
     """Whether oneDNN runs this reduced-precision dtype itself here (else it emulates it slowly).
     Asked once, of torch's private mkldnn ops; a torch without them counts as emulating, so
     the bf16 passes are computed in fp32, which works everywhere."""
@@ -118,7 +120,7 @@ def candidates(shape: ConvShape) -> list[str]:
     elif shape.dtype in ("bfloat16", "float16"):
         as_fp32 = [f"float:{name}" for name in _fp32_candidates(_in_fp32(shape)) if name != "nnpack"]
         native = ["direct"] + (["winograd2"] if shape.dtype == "bfloat16" else [])
-        found = (native if _native(shape.dtype) else []) + as_fp32
+        found = (native if onednn_native(shape.dtype) else []) + as_fp32
     else:
         found = ["direct"]
     first = cold_start(shape)
@@ -142,7 +144,7 @@ def cold_start(shape: ConvShape) -> str:
     NCHW weight gradients without AVX-512; bf16 in fp32 where oneDNN emulates it, F(2x2) on
     wide layers where it does not."""
     if shape.dtype in ("bfloat16", "float16"):
-        if not _native(shape.dtype):
+        if not onednn_native(shape.dtype):
             return "float:" + cold_start(_in_fp32(shape))
         return "winograd2" if shape.dtype == "bfloat16" and _bf16_winograd_pays(shape) else "direct"
     if shape.dtype not in ("float32", "float64"):
@@ -192,7 +194,7 @@ def _forced(shape: ConvShape) -> str | None:
                          f"every fp32/fp64 pass, and 2 for bf16 ones too), got {setting!r}")
     if shape.dtype in ("float32", "float64"):
         return "direct" if setting == "0" else f"winograd{setting}"
-    if shape.dtype == "bfloat16" and _native("bfloat16"):
+    if shape.dtype == "bfloat16" and onednn_native("bfloat16"):
         return "winograd2" if setting == "2" else "direct"
     return cold_start(shape)
 
@@ -340,9 +342,10 @@ def _next_trial(shape: ConvShape) -> str | None:
         return None
     trials = table.trials.setdefault(key, {})
     best = min((min(times) for times in trials.values()), default=float("inf"))
-    # round by round: each candidate once, then again those not far behind the best
+    # round by round: each candidate once, then again those not far behind the best, and a
+    # third time the near-ties, where a burst of load elsewhere on the machine would decide
     waiting = [(len(trials.get(name, [])), order) for order, name in enumerate(candidates(shape))
-               if not trials.get(name) or (len(trials[name]) < TRIALS and min(trials[name]) <= SLOW * best)]
+               if len(trials.get(name, [])) < _runs_wanted(min(trials.get(name, [0.0])), best)]
     if waiting:
         return candidates(shape)[min(waiting)[1]]
     fastest = {name: 1e3 * min(times) for name, times in trials.items()}
@@ -350,6 +353,11 @@ def _next_trial(shape: ConvShape) -> str | None:
     del table.trials[key]
     _write_cache(table)
     return None
+
+
+def _runs_wanted(fastest: float, best: float) -> int:
+    """Timed runs for a candidate whose fastest so far took `fastest`, the best one `best`."""
+    return 1 if fastest > SLOW * best else 3 if fastest <= CLOSE * best else 2
 
 
 def _timed(shape: ConvShape, algorithm: str, call: Callable[[str], T]) -> tuple[T, float]:
