@@ -46,25 +46,21 @@ class Encoder(nn.Module):
         self.pool = nn.MaxPool2d(2)  # the reference's module tree; forward pools with ops.max_pool2x2*
 
     def forward(self, x: torch.Tensor, backend: str | None = None,
-                joins: Sequence[tuple[int, int] | None] | None = None) -> list[torch.Tensor | None]:
-        """Each block's output, the deepest last. With ``joins`` (by level: the size of the
-        window the decoder crops, or None where it joins nothing), each level's skip instead:
-        its window, a view taken with the pool so that its gradient is kept at the window's
-        size, or None."""
-        features: list[torch.Tensor | None] = []
+                joins: Sequence[tuple[int, int] | None] | None = None) -> list[torch.Tensor]:
+        """Each block's output, the deepest last; with ``joins`` (by level: the size of the
+        window the decoder crops, or None where it joins none), the window instead where there
+        is one: a view taken with the pool, so that its gradient is kept at the window's size."""
+        features = []
         for level, block in enumerate(self.enc_blocks):
             x = block(x, backend)
             if level == len(self.enc_blocks) - 1:
                 features.append(x)
-            elif joins is None:
-                features.append(x)
-                x = ops.max_pool2x2(x, backend=backend)
-            elif joins[level] is None:
-                features.append(None)
-                x = ops.max_pool2x2(x, backend=backend)
-            else:
+            elif joins is not None and joins[level] is not None:
                 x, window = ops.max_pool2x2_and_crop(x, joins[level], backend=backend)
                 features.append(window)
+            else:
+                features.append(x)
+                x = ops.max_pool2x2(x, backend=backend)
         return features
 
 

@@ -30,10 +30,11 @@ def check_parameter_like(name: str, parameter: torch.Tensor, input_name: str, li
                          master_parameters: bool = False) -> None:
     """A weight or bias on the device and in the dtype of the input `like`, or, with
     `master_parameters` (an op under autocast that takes them so), in float32."""
-    if master_parameters and parameter.dtype == torch.float32 and parameter.device != like.device:
-        raise ValueError(f"{name} is on {parameter.device} but {input_name} is on {like.device}")
-    if not (master_parameters and parameter.dtype == torch.float32):
-        check_same_device_and_dtype(**{input_name: like, name: parameter})
+    if master_parameters and parameter.dtype == torch.float32:
+        if parameter.device != like.device:
+            raise ValueError(f"{name} is on {parameter.device} but {input_name} is on {like.device}")
+        return
+    check_same_device_and_dtype(**{input_name: like, name: parameter})
 
 
 def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
