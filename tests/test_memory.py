@@ -103,7 +103,8 @@ def test_freed_pages_serve_requests_of_other_sizes():
     assert result["during"][0] + result["during"][1] == held  # no new pages
     assert result["during"][2] == result["before"][2]
     assert result["after"] == [0, held, result["before"][2]]
-    assert result["grown_mb"] < result["needed"] / 2**20 / 4  # new pages for the outputs: 65.5 MiB; torch's own some
+    # new pages for the outputs would be 65.5 MiB; torch and oneDNN took 6-19 MiB of their own
+    assert result["grown_mb"] < result["needed"] / 2**20 / 2
 
 
 def test_allocations_outside_the_ops_are_not_pooled():
