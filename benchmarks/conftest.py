@@ -8,7 +8,7 @@ values kept), one timed round each: a check that the whole suite still runs, not
 import pytest
 import torch
 
-from unet_fast import bench
+from unet_fast import bench, settings
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _quick = False
@@ -21,6 +21,14 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     global _quick
     _quick = config.getoption("--quick")
+
+
+@pytest.fixture(autouse=True)
+def _settings_as_the_environment_is_left():
+    """unet_fast reads its environment switches once: a benchmark that sets them (with
+    monkeypatch, undone before this runs) leaves them to be read again."""
+    yield
+    settings.reload()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_fast import memory, tuning
+from unet_fast import memory, settings, tuning
 from unet_fast.ops import available_backends
 
 from conftest import DEVICE, rounds
@@ -68,6 +68,7 @@ def settle(kind, x, weight, bias, grad, monkeypatch):
     """This pass's measured choice (measuring on, the user's cache)."""
     monkeypatch.setenv("UNET_FAST_TUNE", "1")
     monkeypatch.delenv("UNET_FAST_CACHE_DIR", raising=False)
+    settings.reload()
     pass_shape = tuning.ConvShape.of(kind, x, weight)
     while tuning.exploring(pass_shape):
         tuning.run(pass_shape, lambda algorithm: cpu_step(kind, algorithm, x, weight, bias, grad)())

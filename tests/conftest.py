@@ -12,6 +12,7 @@ The CPU convolutions run by the rule of unet_fast.tuning.cold_start, not by meas
 timings; tests/test_tuning.py turns measuring on where it tests it, with its cache in a
 temporary folder, never the user's."""
 
+import contextlib
 import os
 import tempfile
 
@@ -30,6 +31,7 @@ else:
 
 import pytest  # noqa: E402
 
+from unet_fast import settings  # noqa: E402
 from unet_fast.ops import available_backends  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,6 +83,36 @@ def cpu_has_avx512() -> bool:
 @pytest.fixture
 def device() -> torch.device:
     return DEVICE
+
+
+class Environment:
+    """Sets and removes unet_fast's environment switches for a test. The library reads them
+    once (unet_fast.settings), so each change is read again at once, and so is its undoing."""
+
+    def __init__(self, patch: pytest.MonkeyPatch):
+        self._patch = patch
+
+    def setenv(self, name: str, value: str) -> None:
+        self._patch.setenv(name, value)
+        settings.reload()
+
+    def delenv(self, name: str) -> None:
+        self._patch.delenv(name, raising=False)
+        settings.reload()
+
+    @contextlib.contextmanager
+    def context(self):
+        """Changes undone when the block ends."""
+        with pytest.MonkeyPatch.context() as patch:
+            yield Environment(patch)
+        settings.reload()
+
+
+@pytest.fixture
+def environment(monkeypatch):
+    yield Environment(monkeypatch)
+    monkeypatch.undo()
+    settings.reload()
 
 
 @pytest.fixture(autouse=True)

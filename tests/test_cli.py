@@ -99,11 +99,11 @@ def test_bench_refuses_an_invalid_size(capsys):
     fails_with(["bench", "--size", "190"], "--size 190 does not fit.*Nearest valid sizes: 188 and 204", capsys)
 
 
-def test_tune_measures_a_network_and_caches_its_choices(tmp_path, capsys, monkeypatch):
+def test_tune_measures_a_network_and_caches_its_choices(tmp_path, capsys, environment):
     from unet_fast import tuning
 
-    monkeypatch.setenv("UNET_FAST_TUNE", "1")
-    monkeypatch.setenv("UNET_FAST_CACHE_DIR", str(tmp_path))
+    environment.setenv("UNET_FAST_TUNE", "1")
+    environment.setenv("UNET_FAST_CACHE_DIR", str(tmp_path))
     tuning.forget()
     try:
         cli.main(["tune", "--widths", "4,8,16", "--size", "60"])

@@ -165,12 +165,12 @@ def test_mixed_dtypes_outside_autocast_are_refused():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_direct_cpu_forward_is_onednns_convolution_then_relu(dtype, monkeypatch):
+def test_direct_cpu_forward_is_onednns_convolution_then_relu(dtype, environment):
     # The CPU backend's direct forward is oneDNN's convolution followed by relu_, bit for bit
     # (not oneDNN's ReLU post-op, which turns NaN into 0).
     if dtype == torch.bfloat16 and onednn_emulates(dtype):
         pytest.skip("oneDNN emulates bf16 on this CPU: the backend computes it in fp32 (tested above)")
-    monkeypatch.setenv("UNET_FAST_WINOGRAD", "0")
+    environment.setenv("UNET_FAST_WINOGRAD", "0")
     x, weight, bias = (t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                        for t in make(2, 16, 20, 17, 24, dtype=dtype))
     ours = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")

@@ -31,9 +31,9 @@ NORM_RTOL, MAX_RTOL = 1e-5, 3e-5
 
 
 @pytest.fixture(params=[2, 4, 6], ids=lambda block: f"F{block}")
-def block(request, monkeypatch):
+def block(request, environment):
     """Every fp32/fp64 pass by Winograd F(block x block, 3x3), whatever the rule would take."""
-    monkeypatch.setenv("UNET_FAST_WINOGRAD", str(request.param))
+    environment.setenv("UNET_FAST_WINOGRAD", str(request.param))
     return request.param
 
 
@@ -139,17 +139,17 @@ def forward_and_backward(x, weight, bias):
     return [out.detach()] + [t.grad for t in args]
 
 
-def winograd_and_direct(x, weight, bias, monkeypatch):
+def winograd_and_direct(x, weight, bias, environment):
     winograd = forward_and_backward(x, weight, bias)
-    with monkeypatch.context() as patch:
+    with environment.context() as patch:
         patch.setenv("UNET_FAST_WINOGRAD", "0")
         direct = forward_and_backward(x, weight, bias)
     return winograd, direct
 
 
-def test_is_taken_from_64_blocks_and_can_be_turned_off(monkeypatch):
+def test_is_taken_from_64_blocks_and_can_be_turned_off(environment):
     x, weight, bias = make(4, 64, 64, 18, 18)  # 4 images of 16 blocks of 4x4
-    winograd, direct = winograd_and_direct(x, weight, bias, monkeypatch)
+    winograd, direct = winograd_and_direct(x, weight, bias, environment)
     for ours, vendor in zip(winograd[:3], direct[:3]):  # output, grad x, grad weight
         assert not torch.equal(ours, vendor)  # different arithmetic, different roundings
         norm_error, max_error = relative_errors(ours, vendor.double())
@@ -159,7 +159,7 @@ def test_is_taken_from_64_blocks_and_can_be_turned_off(monkeypatch):
     # channels in; 15 channels out.
     below = [make(2, 64, 64, 18, 18), make(4, 15, 16, 18, 18), make(4, 16, 15, 18, 18)]
     for x, weight, bias in below:
-        for ours, vendor in zip(*winograd_and_direct(x, weight, bias, monkeypatch)):
+        for ours, vendor in zip(*winograd_and_direct(x, weight, bias, environment)):
             assert torch.equal(ours, vendor)
 
 
@@ -168,22 +168,22 @@ NARROWEST = 32 if cpu_has_avx512() else 64
 
 
 @pytest.mark.parametrize("channels", [(16, 16), (NARROWEST // 2, NARROWEST), (NARROWEST, NARROWEST - 1)], ids=str)
-def test_narrow_layers_take_it_for_the_weight_gradient_only(channels, monkeypatch):
+def test_narrow_layers_take_it_for_the_weight_gradient_only(channels, environment):
     # Below 64 channels (AVX-512: 32) the forward and data gradient lose to the direct kernels
     # at large sizes (16 channels at 570: 0.5x on AVX2); the weight gradient still wins (2x).
     x, weight, bias = make(4, *channels, 18, 18)
-    (out, grad_x, grad_weight, grad_bias), direct = winograd_and_direct(x, weight, bias, monkeypatch)
+    (out, grad_x, grad_weight, grad_bias), direct = winograd_and_direct(x, weight, bias, environment)
     assert torch.equal(out, direct[0]) and torch.equal(grad_x, direct[1]) and torch.equal(grad_bias, direct[3])
     assert not torch.equal(grad_weight, direct[2])
     norm_error, max_error = relative_errors(grad_weight, direct[2].double())
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
 
 
-def test_wide_layers_take_it_from_36_blocks(monkeypatch):
+def test_wide_layers_take_it_from_36_blocks(environment):
     def forward_taken(c_in, c_out, side):
         x, weight, bias = make(1, c_in, c_out, side, side)
         winograd = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
-        with monkeypatch.context() as patch:
+        with environment.context() as patch:
             patch.setenv("UNET_FAST_WINOGRAD", "0")
             direct = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
         return not torch.equal(winograd, direct)
@@ -194,17 +194,17 @@ def test_wide_layers_take_it_from_36_blocks(monkeypatch):
 
 
 @pytest.mark.parametrize("channels", [(16, 16), (64, 64), (256, 512)], ids=str)
-def test_weight_gradient_takes_it_from_36_blocks(channels, monkeypatch):
+def test_weight_gradient_takes_it_from_36_blocks(channels, environment):
     # At 36 to 63 blocks only the weight gradient is worth its transforms (1.6-3.6x); the
     # forward and the data gradient (49 blocks of its 26x26 output) stay direct.
     x, weight, bias = make(1, *channels, 26, 26)  # 6x6 blocks of the 24x24 output
-    (out, grad_x, grad_weight, _), direct = winograd_and_direct(x, weight, bias, monkeypatch)
+    (out, grad_x, grad_weight, _), direct = winograd_and_direct(x, weight, bias, environment)
     assert torch.equal(out, direct[0]) and torch.equal(grad_x, direct[1])
     assert not torch.equal(grad_weight, direct[2])
     norm_error, max_error = relative_errors(grad_weight, direct[2].double())
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
     x, weight, bias = make(1, *channels, 22, 22)  # 5x5 blocks
-    for ours, vendor in zip(*winograd_and_direct(x, weight, bias, monkeypatch)):
+    for ours, vendor in zip(*winograd_and_direct(x, weight, bias, environment)):
         assert torch.equal(ours, vendor)
 
 
@@ -229,20 +229,20 @@ def test_gradcheck_float64(size, block):
     assert torch.autograd.gradcheck(lambda *a: conv3x3_bias_relu(*a, True, backend="cpu"), args, fast_mode=True)
 
 
-def rule_takes(c_in, c_out, side, monkeypatch, settings="46", dtype=torch.float32):
+def rule_takes(c_in, c_out, side, environment, settings="46", dtype=torch.float32):
     """The setting of UNET_FAST_WINOGRAD (one of `settings`: "0" direct, or a block) the rule
     takes for the forward, the data gradient and the weight gradient of one c_in -> c_out layer
     at side x side: the one whose results it reproduces bit for bit (and whose other settings it
     does not). The backward is given one output, so that its ReLU mask does not depend on the
     forward's block."""
     x, weight, bias = make(1, c_in, c_out, side, side, dtype=dtype)
-    with monkeypatch.context() as patch:
+    with environment.context() as patch:
         patch.setenv("UNET_FAST_WINOGRAD", "0")
         out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
     grad = torch.linspace(-1, 1, out.numel()).view(out.shape).to(dtype)
 
     def passes(setting=None):
-        with monkeypatch.context() as patch:
+        with environment.context() as patch:
             if setting is not None:
                 patch.setenv("UNET_FAST_WINOGRAD", setting)
             grad_x, grad_weight, _ = tuned_backward(grad, x, weight, out, [True, True, False])
@@ -257,24 +257,24 @@ def rule_takes(c_in, c_out, side, monkeypatch, settings="46", dtype=torch.float3
     return taken
 
 
-def test_six_by_six_blocks_from_100_of_them(monkeypatch):
+def test_six_by_six_blocks_from_100_of_them(environment):
     # F(6x6, 3x3) does 0.79x the GEMM work of F(4x4, 3x3) but has a weight transform 1.78x as
     # large: it wins from about 100 output blocks of 6x6 (10-25%), and loses below.
-    assert rule_takes(128, 128, 62, monkeypatch) == ["6"] * 3  # 10x10 blocks of 6x6 out (and in)
-    assert rule_takes(128, 128, 54, monkeypatch) == ["4"] * 3  # 9x9
+    assert rule_takes(128, 128, 62, environment) == ["6"] * 3  # 10x10 blocks of 6x6 out (and in)
+    assert rule_takes(128, 128, 54, environment) == ["4"] * 3  # 9x9
 
 
-def test_six_by_six_blocks_where_the_tiles_outweigh_the_weights(monkeypatch):
+def test_six_by_six_blocks_where_the_tiles_outweigh_the_weights(environment):
     # 512 -> 512 at 66 (121 blocks, tiles x 1024 channels < 512 x 512 weights) lost with F(6x6)
     # (weight gradient 29.5 against 23.4 ms, AVX-512); from 256 blocks the tiles outweigh them.
-    assert rule_takes(512, 512, 98, monkeypatch) == ["6"] * 3  # 16x16 blocks
-    assert rule_takes(512, 512, 86, monkeypatch) == ["4"] * 3  # 14x14 (the data gradient: 15x15)
+    assert rule_takes(512, 512, 98, environment) == ["6"] * 3  # 16x16 blocks
+    assert rule_takes(512, 512, 86, environment) == ["4"] * 3  # 14x14 (the data gradient: 15x15)
 
 
-def test_six_by_six_blocks_from_128_channels_with_avx512(monkeypatch):
+def test_six_by_six_blocks_from_128_channels_with_avx512(environment):
     # With AVX-512 the 64-channel layers lost with F(6x6) (64 -> 64 at 570: 41 against 34 ms);
     # without it they won (94 against 98 ms).
-    assert rule_takes(64, 64, 62, monkeypatch) == (["4"] * 3 if cpu_has_avx512() else ["6"] * 3)
+    assert rule_takes(64, 64, 62, environment) == (["4"] * 3 if cpu_has_avx512() else ["6"] * 3)
 
 
 needs_native_bf16 = pytest.mark.skipif(onednn_emulates(torch.bfloat16),
@@ -287,8 +287,8 @@ BF16_NORM_RTOL = 1e-2
 
 @needs_native_bf16
 @pytest.mark.parametrize("layer", [(64, 64), (256, 256), (512, 1024), (1024, 512)], ids=lambda layer: "{}to{}".format(*layer))
-def test_two_by_two_blocks_in_bf16(layer, monkeypatch):
-    monkeypatch.setenv("UNET_FAST_WINOGRAD", "2")
+def test_two_by_two_blocks_in_bf16(layer, environment):
+    environment.setenv("UNET_FAST_WINOGRAD", "2")
     x, weight, bias = make(2, *layer, 15, 11, dtype=torch.bfloat16)
     out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
@@ -296,18 +296,18 @@ def test_two_by_two_blocks_in_bf16(layer, monkeypatch):
     assert norm_error <= BF16_NORM_RTOL
     (data_error, _), (weight_error, _) = backward_errors(x, weight, relu=True)
     assert data_error <= BF16_NORM_RTOL and weight_error <= BF16_NORM_RTOL
-    with monkeypatch.context() as patch:
+    with environment.context() as patch:
         patch.setenv("UNET_FAST_WINOGRAD", "0")
         direct = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
     assert not torch.equal(out, direct)  # Winograd's roundings, not oneDNN's
 
 
 @needs_native_bf16
-def test_two_by_two_blocks_in_bf16_beyond_one_chunk(monkeypatch):
+def test_two_by_two_blocks_in_bf16_beyond_one_chunk(environment):
     # 256 channels in and out take 2048 tiles of 2x2 a chunk in bf16 (32 MB): 40 images of
     # 16x16 outputs make two chunks (three for the data gradient's 18x18), whose weight-gradient
     # products are summed in float.
-    monkeypatch.setenv("UNET_FAST_WINOGRAD", "2")
+    environment.setenv("UNET_FAST_WINOGRAD", "2")
     x, weight, bias = make(40, 256, 256, 18, 18, dtype=torch.bfloat16)
     norm_error, _ = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
     assert norm_error <= BF16_NORM_RTOL
@@ -316,10 +316,10 @@ def test_two_by_two_blocks_in_bf16_beyond_one_chunk(monkeypatch):
 
 
 @needs_native_bf16
-def test_two_by_two_blocks_in_bf16_keep_nan():
+def test_two_by_two_blocks_in_bf16_keep_nan(environment):
     x, weight, bias = make(1, 256, 256, 12, 12, dtype=torch.bfloat16)
     x[0, 5, 4, 4] = float("nan")
-    with pytest.MonkeyPatch.context() as patch:
+    with environment.context() as patch:
         patch.setenv("UNET_FAST_WINOGRAD", "2")
         out = conv3x3_bias_relu(x, weight, bias, True, backend="cpu")
     assert out[0, :, 2:5, 2:5].isnan().all()
@@ -327,12 +327,12 @@ def test_two_by_two_blocks_in_bf16_keep_nan():
 
 
 @needs_native_bf16
-def test_bf16_takes_two_by_two_blocks_for_wide_forwards_and_the_widest_data_gradients(monkeypatch):
+def test_bf16_takes_two_by_two_blocks_for_wide_forwards_and_the_widest_data_gradients(environment):
     # F(2x2) in bf16 beat oneDNN's AMX kernels in the forward from 256 channels where the tiles
     # outweigh the weights (1.15-1.8x), and in the data gradient of 512 x 1024-channel layers
     # (1.1-1.2x); never in the weight gradient.
     def takes(c_in, c_out, side):
-        return rule_takes(c_in, c_out, side, monkeypatch, settings="02", dtype=torch.bfloat16)
+        return rule_takes(c_in, c_out, side, environment, settings="02", dtype=torch.bfloat16)
 
     assert takes(256, 256, 30) == ["2", "0", "0"]  # 14x14 blocks of 2x2: 196 x 512 >= 256 x 256
     assert takes(128, 128, 30) == ["0", "0", "0"]
@@ -341,8 +341,8 @@ def test_bf16_takes_two_by_two_blocks_for_wide_forwards_and_the_widest_data_grad
 
 
 @pytest.mark.parametrize("setting", ["5", "on", "4x4"])
-def test_an_unknown_setting_is_refused(setting, monkeypatch):
-    monkeypatch.setenv("UNET_FAST_WINOGRAD", setting)
+def test_an_unknown_setting_is_refused(setting, environment):
+    environment.setenv("UNET_FAST_WINOGRAD", setting)
     x, weight, bias = make(1, 64, 64, 20, 20)
     with pytest.raises(ValueError, match="UNET_FAST_WINOGRAD must be 0, 1, 2, 4 or 6"):
         conv3x3_bias_relu(x, weight, bias, True, backend="cpu")

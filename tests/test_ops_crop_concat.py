@@ -118,12 +118,12 @@ def test_torch_compile_fullgraph(backend, device):
     assert skip.grad.sum().item() == pytest.approx(2 * 4 * 2 * 5 * 6)
 
 
-def test_environment_variable_forces_a_backend(monkeypatch):
-    monkeypatch.setenv(backends.ENV_VAR, "torch")
+def test_environment_variable_forces_a_backend(environment):
+    environment.setenv(backends.ENV_VAR, "torch")
     assert backends.resolve_backend("crop_concat", None, torch.device("cpu")) == "torch"
-    monkeypatch.setenv(backends.ENV_VAR, "cpu")
+    environment.setenv(backends.ENV_VAR, "cpu")
     assert backends.resolve_backend("crop_concat", None, torch.device("cpu")) == "cpu"
-    monkeypatch.setenv(backends.ENV_VAR, "fast")
+    environment.setenv(backends.ENV_VAR, "fast")
     with pytest.raises(ValueError, match="UNET_FAST_BACKEND must be one of"):
         unet_fast.crop_concat(*inputs((1, 1, 2, 2), (1, 1, 2, 2)))
 

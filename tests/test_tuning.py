@@ -24,11 +24,11 @@ BACKWARD = torch.ops.unet_fast.conv3x3_bias_relu_backward
 
 
 @pytest.fixture(autouse=True)
-def measuring(monkeypatch, tmp_path):
+def measuring(environment, tmp_path):
     """Measuring on, with a cache of this test's own."""
-    monkeypatch.setenv("UNET_FAST_TUNE", "1")
-    monkeypatch.setenv("UNET_FAST_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("UNET_FAST_WINOGRAD", raising=False)
+    environment.setenv("UNET_FAST_TUNE", "1")
+    environment.setenv("UNET_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    environment.delenv("UNET_FAST_WINOGRAD")
     tuning.forget()
     yield
     tuning.forget()
@@ -152,8 +152,8 @@ def test_a_broken_cache_is_ignored_with_a_warning_and_replaced(monkeypatch, cont
     assert json.loads(tuning.cache_path().read_text())["machine"] == tuning.machine()
 
 
-def test_measuring_off_takes_the_rule_and_writes_nothing(monkeypatch):
-    monkeypatch.setenv("UNET_FAST_TUNE", "0")
+def test_measuring_off_takes_the_rule_and_writes_nothing(monkeypatch, environment):
+    environment.setenv("UNET_FAST_TUNE", "0")
     runs = scripted(monkeypatch, lambda shape, algorithm: 1.0)
     x, weight, bias = make()
     for _ in range(20):
@@ -264,8 +264,8 @@ def test_tune_settles_every_pass_of_a_network_and_leaves_gradients_alone():
     assert {c.shape for c in again} == {c.shape for c in found}
 
 
-def test_tune_refuses_when_measuring_is_off(monkeypatch):
-    monkeypatch.setenv("UNET_FAST_TUNE", "0")
+def test_tune_refuses_when_measuring_is_off(environment):
+    environment.setenv("UNET_FAST_TUNE", "0")
     with pytest.raises(RuntimeError, match="UNET_FAST_TUNE=0"):
         tuning.tune(unet_fast.UNet(enc_chs=(1, 8, 16), dec_chs=(16, 8)), 44)
 

@@ -30,7 +30,6 @@ import fcntl
 import functools
 import hashlib
 import json
-import os
 import platform
 import threading
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
+
+from unet_fast import settings
 
 __all__ = ["ConvShape", "Choice", "choices", "cold_start", "candidates", "tune", "format_choices", "cache_path",
            "onednn_native"]
@@ -186,7 +187,7 @@ def _bf16_winograd_pays(shape: ConvShape) -> bool:
 
 def _forced(shape: ConvShape) -> str | None:
     """The algorithm UNET_FAST_WINOGRAD forces for this pass, or None (unset or 1: measured)."""
-    setting = os.environ.get("UNET_FAST_WINOGRAD", "")
+    setting = settings.current().winograd
     if setting in ("", "1"):
         return None
     if setting not in ("0", "2", "4", "6"):
@@ -202,7 +203,7 @@ def _forced(shape: ConvShape) -> str | None:
 # ---- the table of this process, and the cache on disk ---------------------------------------
 
 def measuring() -> bool:
-    return os.environ.get("UNET_FAST_TUNE", "1") != "0"
+    return settings.current().tune
 
 
 @functools.cache
@@ -238,16 +239,10 @@ def kernels_build() -> str:
         return hashlib.sha256(library.read()).hexdigest()[:16]
 
 
-def cache_dir() -> Path:
-    if os.environ.get("UNET_FAST_CACHE_DIR"):
-        return Path(os.environ["UNET_FAST_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unet_fast"
-
-
 def cache_path(about: dict | None = None) -> Path:
     about = about or machine()
     digest = hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / f"conv-algorithms-{digest}.json"
+    return settings.current().cache_dir / f"conv-algorithms-{digest}.json"
 
 
 class _Table:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import sys
 import warnings
 
 import torch
+
+from unet_fast import settings
 
 BACKENDS = ("cpu", "cuda", "triton", "torch")
 ENV_VAR = "UNET_FAST_BACKEND"
@@ -112,7 +113,7 @@ def resolve_backend(op: str, backend: str | None, device: torch.device) -> str:
     that cannot run on ``device`` here."""
     source = "backend"
     if backend is None:
-        backend, source = os.environ.get(ENV_VAR) or "auto", ENV_VAR
+        backend, source = settings.current().backend, ENV_VAR
     if backend == "auto":
         return _default_backend(op, device)
     if backend not in BACKENDS:

@@ -13,11 +13,10 @@ CPU it takes float32 weights and biases as they are.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
+from unet_fast import settings
 from unet_fast.ops import backends
 from unet_fast.ops._checks import check_parameter_like, check_tensor
 from unet_fast.ops.conv import autocast_inputs, takes_master_parameters
@@ -42,7 +41,7 @@ def up_conv2x2(
 @backends.constant_when_compiled
 def _resolve(backend, device):
     """The GPU backends run the composite (see the module docstring)."""
-    if (backend or os.environ.get(backends.ENV_VAR)) in ("triton", "cuda"):
+    if (backend or settings.current().backend) in ("triton", "cuda"):
         return "torch"
     return backends.resolve_backend("up_conv2x2", backend, device)
 
