@@ -209,6 +209,18 @@ _AUTOTUNED = {
 }
 
 
+def autotuned_tiles() -> list[dict]:
+    """The tile each kernel autotuned to, per key (M or K, C_IN, C_OUT and the arguments'
+    dtypes), in this process: what a GPU chose for the layers it ran. Empty under the
+    interpreter, which does not autotune."""
+    found = []
+    for (name, on_tensor_cores), autotuner in _AUTOTUNED.items():
+        for key, config in autotuner.cache.items():
+            found.append({"kernel": name, "tensor_cores": on_tensor_cores, "key": key,
+                          **config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages})
+    return found
+
+
 def _check_int32_indexing(*tensors) -> None:
     """The kernels index in int32, as the U-Net's tensors allow (a batch of 8 at 572x572 is
     under a tenth of the limit)."""
