@@ -22,15 +22,45 @@ UNET_FAST_HOST_DEVICE inline int64_t box_offset(const Box4& box, int64_t n, int6
   return n * box.stride[0] + c * box.stride[1] + y * box.stride[2] + x * box.stride[3];
 }
 
-// Offset of the element with linear index `i` (N, C, H, W order) of `box`.
-UNET_FAST_HOST_DEVICE inline int64_t box_offset_of_linear(const Box4& box, int64_t i) {
-  const int64_t x = i % box.size[3];
-  i /= box.size[3];
-  const int64_t y = i % box.size[2];
-  i /= box.size[2];
-  const int64_t c = i % box.size[1];
-  const int64_t n = i / box.size[1];
-  return box_offset(box, n, c, y, x);
+// Element-wise GPU kernels walk a box in its memory order, so that neighbouring threads touch
+// neighbouring addresses: channels fastest where the box is channels_last (or a window of such
+// a tensor), else columns. Their index math is 32-bit where every index fits.
+inline bool channels_fastest(const Box4& box) { return box.size[1] > 1 && box.stride[1] < box.stride[3]; }
+
+inline bool fits_int32(const Box4& box) {
+  int64_t numel = 1, last = 0;
+  for (int d = 0; d < 4; ++d) {
+    numel *= box.size[d];
+    last += (box.size[d] - 1) * box.stride[d];
+  }
+  return numel < (int64_t(1) << 31) && last < (int64_t(1) << 31);
+}
+
+// (n, c, y, x) of the element at position `i` of the walk over `box`.
+template <bool kChannelsFastest, typename index_t>
+UNET_FAST_HOST_DEVICE inline void coordinates_of_linear(const Box4& box, index_t i, index_t (&nchw)[4]) {
+  const index_t channels = index_t(box.size[1]), height = index_t(box.size[2]), width = index_t(box.size[3]);
+  if (kChannelsFastest) {
+    nchw[1] = i % channels;
+    i /= channels;
+    nchw[3] = i % width;
+    i /= width;
+    nchw[2] = i % height;
+    nchw[0] = i / height;
+  } else {
+    nchw[3] = i % width;
+    i /= width;
+    nchw[2] = i % height;
+    i /= height;
+    nchw[1] = i % channels;
+    nchw[0] = i / channels;
+  }
+}
+
+template <typename index_t>
+UNET_FAST_HOST_DEVICE inline index_t offset_in(const Box4& box, const index_t (&nchw)[4]) {
+  return nchw[0] * index_t(box.stride[0]) + nchw[1] * index_t(box.stride[1]) + nchw[2] * index_t(box.stride[2]) +
+         nchw[3] * index_t(box.stride[3]);
 }
 
 // Start of the centre crop of length `inner` in a dimension of length `outer`, rounded as

@@ -1,18 +1,22 @@
-// CUDA kernel of crop_concat: one thread per element of a strided box copy. No torch headers,
-// so this file compiles in seconds; the binding is crop_concat_launch.cpp.
+// CUDA kernel of crop_concat: one thread per element of a strided box copy, walking the
+// destination in its memory order (csrc/common/box.h). No torch headers, so this file compiles
+// in seconds; the binding is crop_concat_launch.cpp.
 #include <cuda_runtime.h>
 
 #include "../common/box.h"
 #include "crop_concat.cuh"
+#include "device_helpers.cuh"
 
 namespace unet_fast {
 namespace {
 
-template <typename T>
+template <typename T, bool kChannelsFastest, typename index_t>
 __global__ void copy_box_kernel(T* dst, Box4 dst_box, const T* src, Box4 src_box, int64_t numel) {
   const int64_t step = int64_t(blockDim.x) * gridDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += step) {
-    dst[box_offset_of_linear(dst_box, i)] = src[box_offset_of_linear(src_box, i)];
+    index_t nchw[4];
+    coordinates_of_linear<kChannelsFastest>(dst_box, index_t(i), nchw);
+    dst[offset_in(dst_box, nchw)] = src[offset_in(src_box, nchw)];
   }
 }
 
@@ -21,12 +25,12 @@ cudaError_t launch_typed(void* dst, const Box4& dst_box, const void* src, const 
                          cudaStream_t stream) {
   const int64_t numel = dst_box.size[0] * dst_box.size[1] * dst_box.size[2] * dst_box.size[3];
   if (numel == 0) return cudaSuccess;
-  constexpr int kThreads = 256;
-  const int64_t blocks = (numel + kThreads - 1) / kThreads;
-  const unsigned grid = unsigned(blocks < 65535 * 8 ? blocks : 65535 * 8);
-  copy_box_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<T*>(dst), dst_box,
-                                                     static_cast<const T*>(src), src_box, numel);
-  return cudaGetLastError();
+  return with_walk(dst_box, fits_int32(dst_box) && fits_int32(src_box), [&](auto fastest, auto index) {
+    using index_t = typename decltype(index)::type;
+    copy_box_kernel<T, decltype(fastest)::value, index_t><<<grid_for(numel), kThreads, 0, stream>>>(
+        static_cast<T*>(dst), dst_box, static_cast<const T*>(src), src_box, numel);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace

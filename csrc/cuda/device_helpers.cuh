@@ -1,11 +1,15 @@
 // Device-side helpers shared by the .cu files: explicit half/bfloat16 conversions (torch builds
-// with the implicit ones disabled) and the size of a grid-stride launch.
+// with the implicit ones disabled), the size of a grid-stride launch, and the choice of walk.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
+
+#include "../common/box.h"
 
 namespace unet_fast {
 
@@ -24,6 +28,22 @@ template <> __device__ inline __nv_bfloat16 narrow_to<__nv_bfloat16>(float x) { 
 inline unsigned grid_for(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
   return unsigned(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls launch(channels_fastest, index) for the walk over `box` in its memory order (a
+// std::integral_constant<bool> and a TypeTag of int32_t where `narrow`, else of int64_t), so
+// that each walk is its own kernel instance.
+template <typename Launch>
+cudaError_t with_walk(const Box4& box, bool narrow, Launch&& launch) {
+  if (channels_fastest(box)) {
+    return narrow ? launch(std::true_type(), TypeTag<int32_t>()) : launch(std::true_type(), TypeTag<int64_t>());
+  }
+  return narrow ? launch(std::false_type(), TypeTag<int32_t>()) : launch(std::false_type(), TypeTag<int64_t>());
 }
 
 }  // namespace unet_fast

@@ -1,5 +1,6 @@
 // CUDA kernels of max_pool2x2, with the CPU kernels' per-window math (csrc/common/max_pool.h)
-// in the accumulation type. No torch headers; binding in max_pool_launch.cpp.
+// in the accumulation type: a thread per output element, walking the output in its memory
+// order (csrc/common/box.h). No torch headers; binding in max_pool_launch.cpp.
 #include "../common/max_pool.h"
 #include "device_helpers.cuh"
 #include "max_pool.cuh"
@@ -7,43 +8,45 @@
 namespace unet_fast {
 namespace {
 
+// The output element at position `i` of the walk over `ob`, and its window's top left.
+template <bool kChannelsFastest, typename index_t>
 struct Window {
-  int64_t n, c, y, x;  // the output element; its window starts at (2y, 2x)
+  index_t at[4], top_left[4];
+
+  __device__ Window(const Box4& ob, index_t i) {
+    coordinates_of_linear<kChannelsFastest>(ob, i, at);
+    top_left[0] = at[0];
+    top_left[1] = at[1];
+    top_left[2] = 2 * at[2];
+    top_left[3] = 2 * at[3];
+  }
 };
 
-__device__ Window window_of_linear(const Box4& out, int64_t i) {
-  const int64_t x = i % out.size[3];
-  i /= out.size[3];
-  const int64_t y = i % out.size[2];
-  i /= out.size[2];
-  return {i / out.size[1], i % out.size[1], y, x};
-}
-
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kChannelsFastest, typename index_t>
 __global__ void max_pool_kernel(const scalar_t* x, Box4 xb, scalar_t* out, Box4 ob, int64_t numel) {
   const int64_t step = int64_t(blockDim.x) * gridDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += step) {
-    const Window w = window_of_linear(ob, i);
-    const scalar_t* a = x + box_offset(xb, w.n, w.c, 2 * w.y, 2 * w.x);
+    const Window<kChannelsFastest, index_t> w(ob, index_t(i));
+    const scalar_t* a = x + offset_in(xb, w.top_left);
     const acc_t m = max_of_window(widen<acc_t>(a[0]), widen<acc_t>(a[xb.stride[3]]),
                                   widen<acc_t>(a[xb.stride[2]]), widen<acc_t>(a[xb.stride[2] + xb.stride[3]]));
-    out[box_offset(ob, w.n, w.c, w.y, w.x)] = narrow_to<scalar_t>(m);
+    out[offset_in(ob, w.at)] = narrow_to<scalar_t>(m);
   }
 }
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, bool kChannelsFastest, typename index_t>
 __global__ void max_pool_backward_kernel(const scalar_t* grad, Box4 gb, const scalar_t* x, Box4 xb,
                                          const scalar_t* out, Box4 ob, scalar_t* grad_x, Box4 gxb,
                                          int64_t numel) {
   const int64_t step = int64_t(blockDim.x) * gridDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += step) {
-    const Window w = window_of_linear(ob, i);
-    const scalar_t* a = x + box_offset(xb, w.n, w.c, 2 * w.y, 2 * w.x);
+    const Window<kChannelsFastest, index_t> w(ob, index_t(i));
+    const scalar_t* a = x + offset_in(xb, w.top_left);
     const int chosen = argmax_of_window(widen<acc_t>(a[0]), widen<acc_t>(a[xb.stride[3]]),
                                         widen<acc_t>(a[xb.stride[2]]), widen<acc_t>(a[xb.stride[2] + xb.stride[3]]),
-                                        widen<acc_t>(out[box_offset(ob, w.n, w.c, w.y, w.x)]));
-    const acc_t g = widen<acc_t>(grad[box_offset(gb, w.n, w.c, w.y, w.x)]);
-    scalar_t* dst = grad_x + box_offset(gxb, w.n, w.c, 2 * w.y, 2 * w.x);
+                                        widen<acc_t>(out[offset_in(ob, w.at)]));
+    const acc_t g = widen<acc_t>(grad[offset_in(gb, w.at)]);
+    scalar_t* dst = grad_x + offset_in(gxb, w.top_left);
     dst[0] = narrow_to<scalar_t>(chosen == 0 ? g : acc_t(0));
     dst[gxb.stride[3]] = narrow_to<scalar_t>(chosen == 1 ? g : acc_t(0));
     dst[gxb.stride[2]] = narrow_to<scalar_t>(chosen == 2 ? g : acc_t(0));
@@ -57,9 +60,13 @@ template <typename scalar_t, typename acc_t>
 cudaError_t forward_typed(const void* x, const Box4& xb, void* out, const Box4& ob, cudaStream_t stream) {
   const int64_t numel = numel_of(ob);
   if (numel == 0) return cudaSuccess;
-  max_pool_kernel<scalar_t, acc_t><<<grid_for(numel), kThreads, 0, stream>>>(
-      static_cast<const scalar_t*>(x), xb, static_cast<scalar_t*>(out), ob, numel);
-  return cudaGetLastError();
+  return with_walk(ob, fits_int32(xb) && fits_int32(ob), [&](auto fastest, auto index) {
+    using index_t = typename decltype(index)::type;
+    constexpr bool kChannelsFastest = decltype(fastest)::value;
+    max_pool_kernel<scalar_t, acc_t, kChannelsFastest, index_t><<<grid_for(numel), kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(x), xb, static_cast<scalar_t*>(out), ob, numel);
+    return cudaGetLastError();
+  });
 }
 
 template <typename scalar_t, typename acc_t>
@@ -67,10 +74,15 @@ cudaError_t backward_typed(const void* grad, const Box4& gb, const void* x, cons
                            const Box4& ob, void* grad_x, const Box4& gxb, cudaStream_t stream) {
   const int64_t numel = numel_of(ob);
   if (numel == 0) return cudaSuccess;
-  max_pool_backward_kernel<scalar_t, acc_t><<<grid_for(numel), kThreads, 0, stream>>>(
-      static_cast<const scalar_t*>(grad), gb, static_cast<const scalar_t*>(x), xb,
-      static_cast<const scalar_t*>(out), ob, static_cast<scalar_t*>(grad_x), gxb, numel);
-  return cudaGetLastError();
+  const bool narrow = fits_int32(gb) && fits_int32(xb) && fits_int32(ob) && fits_int32(gxb);
+  return with_walk(ob, narrow, [&](auto fastest, auto index) {
+    using index_t = typename decltype(index)::type;
+    constexpr bool kChannelsFastest = decltype(fastest)::value;
+    max_pool_backward_kernel<scalar_t, acc_t, kChannelsFastest, index_t><<<grid_for(numel), kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(grad), gb, static_cast<const scalar_t*>(x), xb,
+        static_cast<const scalar_t*>(out), ob, static_cast<scalar_t*>(grad_x), gxb, numel);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace

@@ -1,83 +1,76 @@
 """Triton kernels of crop_concat: strided copies between the concatenated tensor and its two
-sources, one flat 1-D grid of (plane, block) programs so no grid dimension overflows."""
+sources, walked in the memory order of the tensor written (unet_fast.kernels.walk) on a flat
+grid."""
 
 import triton
 import triton.language as tl
 
 from unet_fast.kernels import GPU_BLOCK, elementwise_block
-
-@triton.jit
-def _plane_block(channels, width, plane_size, blocks_per_plane, BLOCK: tl.constexpr):
-    """This program's image n, channel c and block of pixels (y, x) of one plane, with the mask
-    of those inside the plane."""
-    pid = tl.program_id(0).to(tl.int64)
-    plane = pid // blocks_per_plane
-    offs = (pid % blocks_per_plane) * BLOCK + tl.arange(0, BLOCK)
-    return plane // channels, plane % channels, offs // width, offs % width, offs < plane_size
+from unet_fast.kernels.walk import aot_walks, channels_fastest, flat_indices, nchw_of, needs_int64
 
 
 @triton.jit
 def crop_concat_forward_kernel(
     up_ptr, skip_ptr, out_ptr,
-    up_channels, channels, h, w, top, left, blocks_per_plane,
+    numel, up_channels, channels, h, w, top, left,
     up_sn, up_sc, up_sh, up_sw,
     skip_sn, skip_sc, skip_sh, skip_sw,
     out_sn, out_sc, out_sh, out_sw,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, CHANNELS_FASTEST: tl.constexpr, INT64: tl.constexpr,
 ):
-    n, c, y, x, mask = _plane_block(channels, w, h * w, blocks_per_plane, BLOCK)
-    if c < up_channels:
-        src = up_ptr + n * up_sn + c * up_sc + y * up_sh + x * up_sw
-    else:
-        src = skip_ptr + n * skip_sn + (c - up_channels) * skip_sc + (y + top) * skip_sh + (x + left) * skip_sw
-    value = tl.load(src, mask=mask)
-    tl.store(out_ptr + n * out_sn + c * out_sc + y * out_sh + x * out_sw, value, mask=mask)
+    i = flat_indices(BLOCK, INT64)
+    mask = i < numel
+    n, c, y, x = nchw_of(i, channels, h, w, CHANNELS_FASTEST)
+    from_up = c < up_channels
+    up = tl.load(up_ptr + n * up_sn + c * up_sc + y * up_sh + x * up_sw, mask=mask & from_up)
+    skip_offset = n * skip_sn + (c - up_channels) * skip_sc + (y + top) * skip_sh + (x + left) * skip_sw
+    skip = tl.load(skip_ptr + skip_offset, mask=mask & ~from_up)
+    tl.store(out_ptr + n * out_sn + c * out_sc + y * out_sh + x * out_sw, tl.where(from_up, up, skip), mask=mask)
 
 
 @triton.jit
 def crop_concat_backward_kernel(
     grad_ptr, grad_skip_ptr,
-    up_channels, skip_channels, h, w, skip_h, skip_w, top, left, blocks_per_plane,
+    numel, up_channels, skip_channels, h, w, skip_h, skip_w, top, left,
     g_sn, g_sc, g_sh, g_sw,
     gs_sn, gs_sc, gs_sh, gs_sw,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, CHANNELS_FASTEST: tl.constexpr, INT64: tl.constexpr,
 ):
-    n, c, sy, sx, mask = _plane_block(skip_channels, skip_w, skip_h * skip_w, blocks_per_plane, BLOCK)
+    i = flat_indices(BLOCK, INT64)
+    mask = i < numel
+    n, c, sy, sx = nchw_of(i, skip_channels, skip_h, skip_w, CHANNELS_FASTEST)
     y = sy - top
     x = sx - left
     inside = mask & (y >= 0) & (y < h) & (x >= 0) & (x < w)
-    src = grad_ptr + n * g_sn + (c + up_channels) * g_sc + y * g_sh + x * g_sw
-    value = tl.load(src, mask=inside, other=0.0)
+    value = tl.load(grad_ptr + n * g_sn + (c + up_channels) * g_sc + y * g_sh + x * g_sw, mask=inside, other=0.0)
     tl.store(grad_skip_ptr + n * gs_sn + c * gs_sc + sy * gs_sh + sx * gs_sw, value, mask=mask)
 
 
 def crop_concat_forward(up, skip, out, top: int, left: int) -> None:
     """Fills ``out`` (N, Cu + Cs, h, w) with ``up`` and the (top, left) window of ``skip``."""
-    n, channels, h, w = out.shape
-    block = elementwise_block(h * w)
-    blocks_per_plane = triton.cdiv(h * w, block)
-    grid = (n * channels * blocks_per_plane,)
-    if grid[0] == 0:
+    numel = out.numel()
+    if numel == 0:
         return
-    crop_concat_forward_kernel[grid](
-        up, skip, out, up.shape[1], channels, h, w, top, left, blocks_per_plane,
-        *up.stride(), *skip.stride(), *out.stride(), BLOCK=block,
+    block = elementwise_block(numel)
+    crop_concat_forward_kernel[(triton.cdiv(numel, block),)](
+        up, skip, out, numel, up.shape[1], *out.shape[1:], top, left,
+        *up.stride(), *skip.stride(), *out.stride(),
+        BLOCK=block, CHANNELS_FASTEST=channels_fastest(out), INT64=needs_int64(up, skip, out),
     )
 
 
 def crop_concat_backward(grad_out, grad_skip, top: int, left: int) -> None:
     """Fills ``grad_skip`` with the skip channels of ``grad_out`` in the (top, left) window and
     zeros elsewhere."""
-    n, skip_channels, skip_h, skip_w = grad_skip.shape
-    h, w = grad_out.shape[2:]
-    block = elementwise_block(skip_h * skip_w)
-    blocks_per_plane = triton.cdiv(skip_h * skip_w, block)
-    grid = (n * skip_channels * blocks_per_plane,)
-    if grid[0] == 0:
+    numel = grad_skip.numel()
+    if numel == 0:
         return
-    crop_concat_backward_kernel[grid](
-        grad_out, grad_skip, grad_out.shape[1] - skip_channels, skip_channels, h, w, skip_h, skip_w,
-        top, left, blocks_per_plane, *grad_out.stride(), *grad_skip.stride(), BLOCK=block,
+    skip_channels, skip_h, skip_w = grad_skip.shape[1:]
+    block = elementwise_block(numel)
+    crop_concat_backward_kernel[(triton.cdiv(numel, block),)](
+        grad_out, grad_skip, numel, grad_out.shape[1] - skip_channels, skip_channels, *grad_out.shape[2:],
+        skip_h, skip_w, top, left, *grad_out.stride(), *grad_skip.stride(),
+        BLOCK=block, CHANNELS_FASTEST=channels_fastest(grad_skip), INT64=needs_int64(grad_out, grad_skip),
     )
 
 
@@ -86,7 +79,7 @@ def aot_configurations():
     for ahead-of-time compilation (unet_fast.kernels.aot)."""
     for dtype in ("fp32", "bf16"):
         for kernel, pointers in ((crop_concat_forward_kernel, 3), (crop_concat_backward_kernel, 2)):
-            names = kernel.arg_names
-            signature = {name: f"*{dtype}" if i < pointers else "i64" for i, name in enumerate(names)}
-            signature["BLOCK"] = "constexpr"
-            yield kernel, signature, {"BLOCK": GPU_BLOCK}
+            for walk, index in aot_walks():
+                constexprs = {"BLOCK": GPU_BLOCK, **walk}
+                signature = {name: f"*{dtype}" if i < pointers else index for i, name in enumerate(kernel.arg_names)}
+                yield kernel, {**signature, **dict.fromkeys(constexprs, "constexpr")}, constexprs

@@ -1,18 +1,21 @@
-"""Triton kernels of max_pool2x2: one program per block of output elements (flattened N, C,
-OH, OW, so no grid dimension overflows), any strides. The backward finds each window's first
-maximum again from the input and the saved output, as the C++ kernels do."""
+"""Triton kernels of max_pool2x2: one program per block of output elements, walked in the
+output's memory order (unet_fast.kernels.walk) on a flat grid, any strides. The backward finds
+each window's first maximum again from the input and the saved output, as the C++ kernels do."""
 
 import torch
 import triton
 import triton.language as tl
 
 from unet_fast.kernels import GPU_BLOCK, elementwise_block
+from unet_fast.kernels.walk import aot_walks, channels_fastest, flat_indices, nchw_of, needs_int64
+
 
 @triton.jit
-def _outputs(numel, C, OH, OW, BLOCK: tl.constexpr):
+def _outputs(numel, C, OH, OW, BLOCK: tl.constexpr, CHANNELS_FASTEST: tl.constexpr, INT64: tl.constexpr):
     """(n, c, oy, ox) of this program's output elements and the mask of those that exist."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    return i // (OW * OH * C), i // (OW * OH) % C, i // OW % OH, i % OW, i < numel
+    i = flat_indices(BLOCK, INT64)
+    n, c, oy, ox = nchw_of(i, C, OH, OW, CHANNELS_FASTEST)
+    return n, c, oy, ox, i < numel
 
 
 @triton.jit
@@ -35,9 +38,9 @@ def _max_keep_nan(a, b):
 def max_pool_forward_kernel(
     x_ptr, out_ptr, numel, C, OH, OW,
     x_sn, x_sc, x_sh, x_sw, o_sn, o_sc, o_sh, o_sw,
-    ACC: tl.constexpr, BLOCK: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, CHANNELS_FASTEST: tl.constexpr, INT64: tl.constexpr,
 ):
-    n, c, oy, ox, mask = _outputs(numel, C, OH, OW, BLOCK)
+    n, c, oy, ox, mask = _outputs(numel, C, OH, OW, BLOCK, CHANNELS_FASTEST, INT64)
     a, b, c_, d = _window_values(x_ptr, n, c, oy, ox, mask, x_sn, x_sc, x_sh, x_sw, ACC)
     value = _max_keep_nan(_max_keep_nan(_max_keep_nan(a, b), c_), d)
     tl.store(out_ptr + n * o_sn + c * o_sc + oy * o_sh + ox * o_sw, value.to(out_ptr.dtype.element_ty), mask=mask)
@@ -47,9 +50,9 @@ def max_pool_forward_kernel(
 def max_pool_backward_kernel(
     grad_ptr, x_ptr, out_ptr, grad_x_ptr, numel, C, OH, OW,
     g_sn, g_sc, g_sh, g_sw, x_sn, x_sc, x_sh, x_sw, o_sn, o_sc, o_sh, o_sw, gx_sn, gx_sc, gx_sh, gx_sw,
-    ACC: tl.constexpr, BLOCK: tl.constexpr,
+    ACC: tl.constexpr, BLOCK: tl.constexpr, CHANNELS_FASTEST: tl.constexpr, INT64: tl.constexpr,
 ):
-    n, c, oy, ox, mask = _outputs(numel, C, OH, OW, BLOCK)
+    n, c, oy, ox, mask = _outputs(numel, C, OH, OW, BLOCK, CHANNELS_FASTEST, INT64)
     a, b, c_, d = _window_values(x_ptr, n, c, oy, ox, mask, x_sn, x_sc, x_sh, x_sw, ACC)
     out = tl.load(out_ptr + n * o_sn + c * o_sc + oy * o_sh + ox * o_sw, mask=mask, other=0.0).to(ACC)
     grad = tl.load(grad_ptr + n * g_sn + c * g_sc + oy * g_sh + ox * g_sw, mask=mask, other=0.0).to(ACC)
@@ -78,6 +81,7 @@ def max_pool_forward(x, out) -> None:
     block = elementwise_block(numel)
     max_pool_forward_kernel[(triton.cdiv(numel, block),)](
         x, out, numel, *out.shape[1:], *x.stride(), *out.stride(), ACC=_acc_dtype(x), BLOCK=block,
+        CHANNELS_FASTEST=channels_fastest(out), INT64=needs_int64(x, out),
     )
 
 
@@ -90,6 +94,7 @@ def max_pool_backward(grad_out, x, out, grad_x) -> None:
     max_pool_backward_kernel[(triton.cdiv(numel, block),)](
         grad_out, x, out, grad_x, numel, *out.shape[1:],
         *grad_out.stride(), *x.stride(), *out.stride(), *grad_x.stride(), ACC=_acc_dtype(x), BLOCK=block,
+        CHANNELS_FASTEST=channels_fastest(out), INT64=needs_int64(grad_out, x, out, grad_x),
     )
 
 
@@ -98,6 +103,7 @@ def aot_configurations():
     for ahead-of-time compilation (unet_fast.kernels.aot)."""
     for dtype in ("fp32", "bf16"):
         for kernel, pointers in ((max_pool_forward_kernel, 2), (max_pool_backward_kernel, 4)):
-            signature = {name: f"*{dtype}" if i < pointers else "i64" for i, name in enumerate(kernel.arg_names)}
-            signature.update(ACC="constexpr", BLOCK="constexpr")
-            yield kernel, signature, {"ACC": tl.float32, "BLOCK": GPU_BLOCK}
+            for walk, index in aot_walks():
+                constexprs = {"ACC": tl.float32, "BLOCK": GPU_BLOCK, **walk}
+                signature = {name: f"*{dtype}" if i < pointers else index for i, name in enumerate(kernel.arg_names)}
+                yield kernel, {**signature, **dict.fromkeys(constexprs, "constexpr")}, constexprs
