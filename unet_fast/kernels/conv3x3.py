@@ -31,12 +31,18 @@ from unet_fast.kernels import INTERPRETED
 # Tile configurations (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) a GPU autotunes among, per
 # layer shape and dtype; each compiles for sm_80 and sm_90 without spills (unet_fast.kernels.aot).
 # The kernels' index math is register-hungry: 128-wide tiles, or 4 warps, spill. Dots on CUDA
-# cores (fp32 without TF32) hold their operand tiles in registers, so they take BLOCK_K = 16.
+# cores (fp32 without TF32) hold their operand tiles in registers, so they take BLOCK_K = 16,
+# and may use every register a thread can have: left to its heuristics, the ptxas of Triton 3.9
+# held the data gradient to 128 and spilled 8-24 bytes (Triton 3.7's did not); with the cap at
+# 255 neither spills (223-248 registers), at one 8-warp program per SM, as most of these
+# kernels already ran.
 _TENSOR_CORE_TILES = [(64, 64, 32, 8, 3), (64, 64, 32, 8, 2), (64, 64, 16, 8, 3)]
 _CUDA_CORE_TILES = [(64, 64, 16, 8, 3), (64, 64, 16, 8, 2), (32, 64, 16, 4, 2)]
+_CUDA_CORE_MAX_REGISTERS = 255
 GPU_CONFIGS = {  # keyed by "the dots run on tensor cores"
     on_tensor_cores: [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages,
+                      maxnreg=None if on_tensor_cores else _CUDA_CORE_MAX_REGISTERS)
         for m, n, k, warps, stages in tiles
     ]
     for on_tensor_cores, tiles in ((True, _TENSOR_CORE_TILES), (False, _CUDA_CORE_TILES))
@@ -375,6 +381,8 @@ def aot_configurations():
     for dtype, precision in (("fp32", "tf32"), ("fp32", "ieee"), ("bf16", "ieee")):
         for config in GPU_CONFIGS[dtype == "bf16" or precision == "tf32"]:
             options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+            if config.maxnreg is not None:
+                options["maxnreg"] = config.maxnreg
             common = {**config.kwargs, "ACC": tl.float32, "UPCAST": False, "PRECISION": precision}
             for kernel, pointers, accumulators, flags in _AOT_KERNELS:
                 for relu in (True, False):
