@@ -27,7 +27,7 @@ def fails_with(argv, match, capsys):
     assert last.startswith(f"unet-fast {argv[0]}: error: ") and re.search(match, last), err
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "demo", "bench", "tune"])
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo", "bench", "tune"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])

@@ -45,7 +45,8 @@ def test_rand_error_is_zero_for_the_same_split_and_counts_merges():
 
 def test_scores_has_every_score_and_shapes_must_match():
     prediction, target = _masks()
-    assert set(metrics.scores(prediction, target)) == {"iou", "dice", "pixel_error", "rand_error"}
+    assert set(metrics.scores(prediction, target)) == {"iou", "dice", "pixel_error", "rand_error", "ap50", "ap75",
+                                                       "ap90", "seg"}
     with pytest.raises(ValueError, match=r"prediction has shape \(4, 5\) but target has \(4, 4\)"):
         metrics.iou(prediction, target[:, :4])
     with pytest.raises(ValueError, match="at least one object"):
@@ -60,3 +61,56 @@ def test_rand_error_counts_missed_pixels_as_small_splits_not_one_merge():
     prediction = target.copy()
     prediction[2, 2] = prediction[2, 8] = 0  # one missed pixel in each cell
     assert 0 < metrics.rand_error(prediction, target) < 0.1  # merging them into one object: ~0.3
+
+
+def _two_cells():
+    target = np.zeros((6, 13), np.int32)
+    target[1:5, 1:6], target[1:5, 7:12] = 1, 2  # 20 pixels each
+    return target
+
+
+def test_average_precision_and_seg_by_hand():
+    target = _two_cells()
+    assert metrics.average_precision(target * 3, target) == {t: 1.0 for t in metrics.AP_THRESHOLDS}
+    assert metrics.seg(target * 3, target) == 1.0
+    shrunk = target.copy()
+    shrunk[1:5, 7:10] = 0  # the second cell predicted as 8 of its 20 pixels: IoU 0.4, under half of it
+    precision = metrics.average_precision(shrunk, target, thresholds=(0.5, 0.9))
+    assert precision == {0.5: pytest.approx(1 / 3), 0.9: pytest.approx(1 / 3)}  # 1 match, 1 FP, 1 FN
+    assert metrics.seg(shrunk, target) == pytest.approx((1 + 0) / 2)
+    merged = target > 0
+    merged[1:5, 6] = True  # one object of 44 pixels: IoU 20/44 with each cell, no match, covering both
+    assert metrics.average_precision(merged, target, thresholds=(0.5,)) == {0.5: 0.0}  # 0 TP, 1 FP, 2 FN
+    assert metrics.seg(merged, target) == pytest.approx(20 / 44)
+    split = target.copy()
+    split[1:5, 1:3] = 3  # the first cell in pieces of 8 and 12 pixels: the larger one matches at IoU 0.6
+    assert metrics.average_precision(split, target, thresholds=(0.55, 0.65)) == {0.55: pytest.approx(2 / 3),
+                                                                                0.65: pytest.approx(1 / 4)}
+
+
+def test_average_precision_is_the_optimal_one_to_one_matching():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        target = rng.integers(0, 6, (12, 12))
+        prediction = np.where(rng.random((12, 12)) < 0.8, target, rng.integers(0, 6, (12, 12)))
+        target, prediction = (metrics.instances(a) for a in (target, prediction))
+        ids_t, ids_p = np.unique(target[target > 0]), np.unique(prediction[prediction > 0])
+        iou = np.array([[np.count_nonzero((target == a) & (prediction == b)) /
+                         np.count_nonzero((target == a) | (prediction == b)) for b in ids_p] for a in ids_t])
+        for threshold, found in metrics.average_precision(prediction, target).items():
+            rows, cols = linear_sum_assignment(-(iou >= threshold).astype(float))
+            matches = int((iou[rows, cols] >= threshold).sum())
+            assert found == pytest.approx(matches / (len(ids_t) + len(ids_p) - matches))
+
+
+def test_instance_scores_refuse_what_they_cannot_score():
+    target = _two_cells()
+    with pytest.raises(ValueError, match=r"thresholds must lie in \[0.5, 1\)"):
+        metrics.average_precision(target, target, thresholds=(0.3,))
+    with pytest.raises(ValueError, match="SEG needs at least one object"):
+        metrics.seg(target, np.zeros_like(target))
+    with pytest.raises(ValueError, match="prediction has shape"):
+        metrics.seg(target[:, :5], target)
+    assert metrics.average_precision(np.zeros((3, 3)), np.zeros((3, 3))) == {t: 1.0 for t in metrics.AP_THRESHOLDS}

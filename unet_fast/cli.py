@@ -1,4 +1,4 @@
-"""The ``unet-fast`` command: train, predict, demo, bench, tune."""
+"""The ``unet-fast`` command: train, predict, evaluate, demo, bench, tune."""
 
 from __future__ import annotations
 
@@ -85,9 +85,10 @@ def _demo(args: argparse.Namespace) -> None:
           f"(overlap-tile, {args.tile}-pixel tiles)")
     otsu = metrics.instances(test.image > threshold_otsu(test.image))
     rows = [("U-Net", metrics.scores(labels, test.labels)), ("Otsu threshold", metrics.scores(otsu, test.labels))]
-    print(f"{'':16s}{'IoU':>8s}{'Dice':>8s}{'pixel error':>13s}{'Rand error':>12s}")
+    print(f"{'':16s}{'IoU':>8s}{'Dice':>8s}{'pixel error':>13s}{'Rand error':>12s}{'AP50':>8s}{'SEG':>8s}")
     for name, score in rows:
-        print(f"{name:16s}{score['iou']:8.3f}{score['dice']:8.3f}{score['pixel_error']:13.3f}{score['rand_error']:12.3f}")
+        print(f"{name:16s}{score['iou']:8.3f}{score['dice']:8.3f}{score['pixel_error']:13.3f}{score['rand_error']:12.3f}"
+              f"{score['ap50']:8.3f}{score['seg']:8.3f}")
     files.write_rgb(out / "overlay.png", files.overlay(test.image, labels))
     files.write_labels(out / "labels.tif", labels)
     summary = {"train_seconds": trained, "segment_seconds": segmented, "total_seconds": time.perf_counter() - begin,
@@ -165,6 +166,16 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=type(default) if default is not None else str, help=text)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from unet_fast.evaluation import evaluate_folders, format_table
+
+    scored, empty = evaluate_folders(args.pred, args.masks)
+    print(format_table(scored))
+    if empty:
+        print(f"left out {len(empty)} frames whose mask holds no object: {', '.join(empty[:5])}"
+              f"{' and more' if len(empty) > 5 else ''}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="unet-fast", description=unet_fast.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +193,16 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--tile", type=int, help="input tile side (default: chosen from the image size)")
     predict.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
     predict.set_defaults(run=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score label images against ground-truth masks",
+        description="Scores each mask in --masks against the file of the same name in --pred: foreground IoU, "
+                    "Dice and pixel error; on instances the adapted Rand error, average precision at IoU 0.5, "
+                    "0.75 and 0.9 (TP / (TP + FP + FN), as stardist and cellpose report it) and the Cell "
+                    "Tracking Challenge's SEG. Binary masks count their connected components as instances.")
+    evaluate.add_argument("--pred", required=True, help="folder of predicted label images (unet-fast predict --out)")
+    evaluate.add_argument("--masks", required=True, help="folder of ground-truth masks, named as the images")
+    evaluate.set_defaults(run=_evaluate)
 
     demo = commands.add_parser("demo", help="train on synthetic cells for a few minutes, segment a large image")
     demo.add_argument("--out", default="unet_fast_demo", help="folder for the outputs (default unet_fast_demo)")
