@@ -43,7 +43,7 @@ def _folder_dataset(root, count=3, size=72):
         tifffile.imwrite(root / "images" / f"cell{index}.tif", (sample.image.clip(0, 1) * 4000).astype(np.uint16))
 
 
-def test_train_on_a_folder_then_predict_it(tmp_path, capsys):
+def test_train_on_a_folder_then_predict_and_evaluate_it(tmp_path, capsys):
     _folder_dataset(tmp_path / "data")
     cli.main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "3",
               "--val-every", "3", "--widths", "4,8,16", "--tile", "60"])
@@ -55,6 +55,14 @@ def test_train_on_a_folder_then_predict_it(tmp_path, capsys):
               "--out", str(tmp_path / "masks")])
     assert "wrote 6 files" in capsys.readouterr().out
     assert files.read_frames(tmp_path / "masks" / "cell0.tif").shape == (1, 72, 72)
+    cli.main(["predict", "--checkpoint", str(tmp_path / "run" / "model.pt"), str(tmp_path / "data" / "images"),
+              "--out", str(tmp_path / "components"), "--instances", "components"])
+    capsys.readouterr()
+    cli.main(["evaluate", "--pred", str(tmp_path / "components"), "--masks", str(tmp_path / "data" / "masks")])
+    out = capsys.readouterr().out
+    scored = [line.split()[0] for line in out.splitlines()[1:] if not line.startswith("left out")]
+    left_out = [name for name in ("cell0", "cell1", "cell2") if name not in scored]  # masks without cells
+    assert scored[-1] == "mean" and sorted(scored[:-1] + left_out) == ["cell0", "cell1", "cell2"]
 
 
 def test_train_resumes_with_the_saved_configuration(tmp_path, capsys):
@@ -75,11 +83,12 @@ def test_train_rejects_a_tile_the_network_cannot_take(tmp_path, capsys):
 def test_demo_trains_segments_and_reports(tmp_path, capsys):
     cli.main(["demo", "--out", str(tmp_path), "--steps", "10", "--size", "300", "--tile", "252"])
     out = capsys.readouterr().out
-    for expected in ("U-Net", "Otsu threshold", "IoU", "Rand error", "segmented a 300x300 image"):
+    for expected in ("U-Net", "Otsu threshold", "IoU", "Rand error", "AP50", "SEG", "segmented a 300x300 image"):
         assert expected in out
     assert {"model.pt", "overlay.png", "labels.tif", "training_curve.png"} <= {p.name for p in tmp_path.iterdir()}
     summary = json.loads((tmp_path / "scores.json").read_text())
-    assert summary["steps"] == 10 and set(summary["unet"]) == {"iou", "dice", "pixel_error", "rand_error"}
+    assert summary["steps"] == 10 and set(summary["unet"]) == {"iou", "dice", "pixel_error", "rand_error", "ap50",
+                                                               "ap75", "ap90", "seg"}
     assert 0 < summary["train_seconds"] < summary["total_seconds"]
     assert files.read_frames(tmp_path / "labels.tif").shape == (1, 300, 300)
 

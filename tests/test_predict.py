@@ -30,12 +30,23 @@ def _network():
     return model
 
 
-def test_segment_gives_the_connected_components_of_the_foreground():
+@pytest.mark.parametrize("method", ["watershed", "components"])
+def test_segment_gives_the_objects_of_the_foreground(method):
     image = np.zeros((50, 70), np.float32)
     image[5:15, 5:15] = image[30:40, 40:60] = 1
-    labels = segment(_network(), image, tile=60)
+    labels = segment(_network(), image, tile=60, method=method)
     assert labels.dtype == np.int32 and labels.max() == 2
     np.testing.assert_array_equal(labels > 0, image > 0.5)
+
+
+def test_touching_cells_are_split_by_the_watershed_unless_components_are_asked_for():
+    image = np.zeros((50, 70), np.float32)
+    yy, xx = np.mgrid[:50, :70]
+    image[(np.hypot(yy - 25, xx - 22) < 11) | (np.hypot(yy - 25, xx - 41) < 11)] = 1  # two discs, a narrow neck
+    assert segment(_network(), image, tile=60).max() == 2
+    assert segment(_network(), image, tile=60, method="components").max() == 1
+    with pytest.raises(ValueError, match="instances must be one of watershed, components"):
+        segment(_network(), image, tile=60, method="voronoi")
 
 
 def test_predict_files_writes_labels_with_the_input_name_and_an_overlay(tmp_path):

@@ -53,7 +53,8 @@ def _predict(args: argparse.Namespace) -> None:
     from unet_fast.predict import predict_files
 
     model = load_model(args.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
-    written = predict_files(model, args.inputs, args.out, tile=args.tile, batch_size=args.batch_size, progress=True)
+    written = predict_files(model, args.inputs, args.out, tile=args.tile, batch_size=args.batch_size, progress=True,
+                            method=args.instances)
     print(f"wrote {len(written)} files to {args.out}")
 
 
@@ -79,7 +80,7 @@ def _demo(args: argparse.Namespace) -> None:
     test = data.synthetic_cells(args.size, args.size, seed=DEMO_TEST_SEED)
     model = load_model(out / "model.pt")
     start = time.perf_counter()
-    labels = segment(model, test.image, tile=args.tile, progress=True)
+    labels = segment(model, test.image, tile=args.tile, progress=True, method=args.instances)
     segmented = time.perf_counter() - start
     print(f"segmented a {args.size}x{args.size} image with {int(test.labels.max())} cells in {segmented:.1f} s "
           f"(overlap-tile, {args.tile}-pixel tiles)")
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--out", required=True, help="folder for the label images and overlays")
     predict.add_argument("--tile", type=int, help="input tile side (default: chosen from the image size)")
     predict.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    _add_instances_option(predict)
     predict.set_defaults(run=_predict)
 
     evaluate = commands.add_parser(
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--steps", type=int, default=DEMO_CONFIG.steps, help=f"training steps (default {DEMO_CONFIG.steps})")
     demo.add_argument("--size", type=int, default=2048, help="side of the test image (default 2048)")
     demo.add_argument("--tile", type=int, default=572, help="input tile side for the test image (default 572)")
+    _add_instances_option(demo)
     demo.set_defaults(run=_demo)
 
     bench_parser = commands.add_parser("bench", help="speed-ups over the reference on this machine")
@@ -238,6 +241,15 @@ def main(argv: list[str] | None = None) -> None:
         # what the user asked for cannot be done: one line, as argparse reports a bad option
         print(f"unet-fast {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _add_instances_option(parser: argparse.ArgumentParser) -> None:
+    from unet_fast.instances import METHODS
+
+    parser.add_argument("--instances", choices=METHODS, default="watershed",
+                        help="how cells are told apart in the predicted foreground: 'watershed' splits touching "
+                             "cells whose parting line the network missed; 'components' takes its connected "
+                             "components, as the paper (default watershed)")
 
 
 def _users_error(error: Exception) -> bool:

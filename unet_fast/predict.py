@@ -1,6 +1,6 @@
-"""Segmenting images with a trained U-Net: overlap-tile logits, foreground by argmax, cells as
-the foreground's connected components (the parting lines the weight map taught the network
-keep touching cells apart)."""
+"""Segmenting images with a trained U-Net: overlap-tile logits, foreground by argmax, cells
+from the foreground (unet_fast.instances: the parting lines the weight map taught the network
+keep touching cells apart, and a watershed splits those whose line it missed)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet_fast import data, files, metrics
+from unet_fast import data, files, instances
 from unet_fast.tiling import predict_tiled
 
 
 def segment(model: torch.nn.Module, image: np.ndarray, *, tile: int | None = None, batch_size: int = 4,
-            progress: bool = False) -> np.ndarray:
-    """Instance labels (H, W) int32 of a normalised image (H, W)."""
+            progress: bool = False, method: str = "watershed") -> np.ndarray:
+    """Instance labels (H, W) int32 of a normalised image (H, W); ``method`` one of
+    instances.METHODS."""
+    if method not in instances.METHODS:
+        raise ValueError(f"instances must be one of {', '.join(instances.METHODS)}, got {method!r}")
     foreground = predict_tiled(model, image, tile=tile, batch_size=batch_size, progress=progress).argmax(0)
-    return metrics.instances(foreground.numpy().astype(np.uint8)).astype(np.int32)
+    return instances.from_foreground(foreground.numpy(), method)
 
 
 def image_paths(inputs: list[str | Path]) -> list[Path]:
@@ -38,7 +41,7 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
 
 
 def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str | Path, *, tile: int | None = None,
-                  batch_size: int = 4, progress: bool = False) -> list[Path]:
+                  batch_size: int = 4, progress: bool = False, method: str = "watershed") -> list[Path]:
     """Writes, per input image, ``out_dir/NAME.<its suffix>`` with the instance labels (a stack
     for a stack) and ``out_dir/NAME_overlay.png`` (``NAME_<frame>_overlay.png`` for stacks;
     NAME_<suffix> where two inputs share a name, as a.tif and a.png). Refuses, before writing
@@ -50,7 +53,8 @@ def predict_files(model: torch.nn.Module, inputs: list[str | Path], out_dir: str
     for path, mask_path, overlay_stem in _planned_outputs(paths, out_dir):
         frames = files.read_frames(path)
         images = [data.normalize_percentiles(frame.astype(np.float32)) for frame in frames]
-        labels = np.stack([segment(model, image, tile=tile, batch_size=batch_size, progress=progress) for image in images])
+        labels = np.stack([segment(model, image, tile=tile, batch_size=batch_size, progress=progress, method=method)
+                           for image in images])
         files.write_labels(mask_path, labels[0] if len(labels) == 1 else labels)
         written.append(mask_path)
         kept.add(mask_path.resolve())
