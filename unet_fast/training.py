@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from unet_fast import data, metrics
 from unet_fast.augment import elastic_deform, flip_rotate
 from unet_fast.checkpoint import TrainConfig, load_checkpoint, save_checkpoint
+from unet_fast.divergence import DivergenceGuard, TrainingDiverged
 from unet_fast.init import init_paper_
 from unet_fast.losses import WeightedSoftmaxCrossEntropyLoss
 from unet_fast.run_folder import locked_run_folder
@@ -32,10 +33,6 @@ from unet_fast.weights import weight_map
 # Fields that may change when a run is resumed: how long it runs and how often it reports.
 RESUMABLE_CHANGES = ("steps", "val_every", "checkpoint_every")
 WRITTEN = ("model.pt", "training_curve.png")  # what a run writes into its folder
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the run stopped before that step changed the model."""
 
 
 def datasets(config: TrainConfig) -> tuple[list[data.Sample], list[data.Sample]]:
@@ -115,6 +112,7 @@ def _run(config: TrainConfig, checkpoint_path: Path, resume: bool, progress: boo
     if resume:
         step, history = _restore(checkpoint_path, config, model, optimizer)
     saved = step if resume else None  # the step of the checkpoint on disk
+    guard = DivergenceGuard(model, optimizer, history.setdefault("recoveries", []), world)
     train_set, validation_set = datasets(config)
     sampler = TileSampler(train_set, config)
     network = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -131,10 +129,14 @@ def _run(config: TrainConfig, checkpoint_path: Path, resume: bool, progress: boo
                    for i in range(len(tiles))) / len(tiles)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        history["loss"].append(_finite_loss(loss, step, world, checkpoint_path, saved))
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate(step)
-        optimizer.step()
+        value = loss.item()  # the step's one read of the loss
+        if _goes_on(guard, value, step, checkpoint_path, saved):
+            history["loss"].append(value)
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate(step) * guard.lr_scale
+            optimizer.step()
+        elif rank == 0:
+            bar.write(guard.message())
         done = step + 1
         if rank == 0 and validation_set and config.val_every and (done % config.val_every == 0 or done == config.steps):
             history["validation"].append({"step": done, **validate(model, validation_set, config.tile)})
@@ -152,22 +154,14 @@ def _run(config: TrainConfig, checkpoint_path: Path, resume: bool, progress: boo
     return history
 
 
-def _finite_loss(loss: torch.Tensor, step: int, world: int, checkpoint_path: Path, saved: int | None) -> float:
-    """The loss's value (the step's one read of it), or TrainingDiverged on every rank if any
-    rank's loss is NaN or infinite, before the optimiser applies the step."""
-    value = loss.item()
-    if world > 1:
-        finite = torch.tensor(int(math.isfinite(value)), device=loss.device)
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        diverged = not finite.item()
-    else:
-        diverged = not math.isfinite(value)
-    if not diverged:
-        return value
-    which = f"the loss became {value}" if not math.isfinite(value) else "another process's loss became NaN or inf"
-    kept = f"the last checkpoint, of step {saved}, is {checkpoint_path}" if saved else "no checkpoint was written"
-    raise TrainingDiverged(f"{which} at step {step + 1}, so training stopped before that step changed the model; "
-                           f"{kept}. A lower --lr may help.")
+def _goes_on(guard: DivergenceGuard, value: float, step: int, checkpoint_path: Path, saved: int | None) -> bool:
+    """guard.check(), its TrainingDiverged naming the checkpoint the run leaves (the same on
+    every rank)."""
+    try:
+        return guard.check(value, step)
+    except TrainingDiverged as error:
+        kept = f"the last checkpoint, of step {saved}, is {checkpoint_path}" if saved else "no checkpoint was written"
+        raise TrainingDiverged(f"{error}; {kept}. A lower --lr may help.") from None
 
 
 def validate(model: torch.nn.Module, samples: list[data.Sample], tile: int) -> dict[str, float]:
