@@ -1,5 +1,6 @@
 """Training: tiles, resume, data-parallel equivalence, and learning something real."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -100,3 +101,38 @@ def test_validation_scores_are_recorded_on_schedule(tmp_path):
     history = train(config, tmp_path)
     assert [entry["step"] for entry in history["validation"]] == [2, 3]
     assert all(0 <= entry["iou"] <= 1 and 0 <= entry["dice"] <= 1 for entry in history["validation"])
+    best = max(history["validation"][::-1], key=lambda entry: entry["iou"])  # the later of equals
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == best["step"]
+
+
+def _sparse_sample():
+    """One small cell in a large image: most tiles drawn anywhere hold no object."""
+    labels = np.zeros((300, 300), np.int32)
+    labels[200:210, 40:52] = 1
+    image = np.random.default_rng(0).random((300, 300), dtype=np.float32)
+    return data.Sample(image, labels, "sparse")
+
+
+def test_object_tiles_centre_tiles_on_objects():
+    config = TrainConfig(**{**TINY, "elastic_sigma": 0.0})
+    anywhere = TileSampler([_sparse_sample()], config)
+    on_objects = TileSampler([_sparse_sample()], dataclasses.replace(config, object_tiles=1.0))
+    with_objects = [sum(bool(sampler.draw(step, 0)[1].any()) for step in range(40)) for sampler in (anywhere, on_objects)]
+    assert with_objects[0] <= 8 and with_objects[1] == 40, with_objects
+    half = TileSampler([_sparse_sample()], dataclasses.replace(config, object_tiles=0.5))
+    assert 10 <= sum(bool(half.draw(step, 0)[1].any()) for step in range(40)) <= 35
+
+
+def test_the_papers_tiles_are_drawn_as_before_object_tiles_existed():
+    # with object_tiles = 0 the window is drawn as before object tiles existed
+    sampler = TileSampler([_sparse_sample()], TrainConfig(**{**TINY, "elastic_sigma": 0.0}))
+    rng = np.random.default_rng([0, 7, 0])
+    rng.integers(2**62), rng.integers(1)
+    output = sampler.output
+    margin = (60 - output) // 2
+    top = int(rng.integers(300 - output + 1)) - margin
+    left = int(rng.integers(300 - output + 1)) - margin
+    assert 0 <= top <= 240 and 0 <= left <= 240  # inside the image: no mirrored border in the window
+    tile = sampler.draw(7, 0)[0][0]
+    window = torch.from_numpy(_sparse_sample().image)[top:top + 60, left:left + 60]
+    torch.testing.assert_close(tile.sum(), window.sum())  # the same pixels, flipped or turned

@@ -40,6 +40,7 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     elastic_sigma: float = 10.0
+    object_tiles: float = 0.0  # share of tiles centred on an object pixel (the paper: 0, anywhere)
     val_fraction: float = 0.2  # share of a folder's images held out for validation
     val_every: int = 100  # steps between validations (0: none)
     checkpoint_every: int = 100  # steps between checkpoints (one is always written at the end)
@@ -69,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"widths must be positive channel counts, got {self.widths}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.object_tiles <= 1:
+            raise ValueError(f"object_tiles must be in [0, 1], got {self.object_tiles}")
         object.__setattr__(self, "widths", tuple(self.widths))
         self.geometry.output_size(self.tile, name="tile")
 

@@ -154,6 +154,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "tile": "input tile side; must fit the network (errors name the nearest sizes)",
         "bf16": "run the network under bf16 autocast",
         "paper_block": "ReLU after both convolutions of a block (0 or 1)",
+        "object_tiles": "share of tiles centred on a random object pixel, so that sparse images do not "
+                        "waste steps on empty tiles (0: anywhere, as the paper)",
     }
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")

@@ -32,7 +32,7 @@ from unet_fast.weights import weight_map
 
 # Fields that may change when a run is resumed: how long it runs and how often it reports.
 RESUMABLE_CHANGES = ("steps", "val_every", "checkpoint_every")
-WRITTEN = ("model.pt", "training_curve.png")  # what a run writes into its folder
+WRITTEN = ("model.pt", "best.pt", "training_curve.png")  # what a run writes into its folder
 
 
 def datasets(config: TrainConfig) -> tuple[list[data.Sample], list[data.Sample]]:
@@ -52,7 +52,8 @@ def datasets(config: TrainConfig) -> tuple[list[data.Sample], list[data.Sample]]
 
 class TileSampler:
     """Draws augmented training tiles: an input window anywhere in an image (mirrored beyond
-    its borders), elastically deformed and flipped/rotated together with its labels and
+    its borders), or for a share ``object_tiles`` of them one whose output is centred on a
+    random object pixel, elastically deformed and flipped/rotated together with its labels and
     weight map, whose labels and weights are then cut to the network's valid output."""
 
     def __init__(self, samples: list[data.Sample], config: TrainConfig):
@@ -65,6 +66,8 @@ class TileSampler:
         self.output = config.geometry.output_size(config.tile)
         self.elastic_sigma = config.elastic_sigma
         self.seed = config.seed
+        self.object_tiles = config.object_tiles
+        self.object_pixels = [np.flatnonzero(sample.labels) for sample in samples] if config.object_tiles else None
 
     def draw(self, step: int, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tile ``index`` of ``step``: image (1, T, T), target (O, O) int64, weights (O, O)."""
@@ -75,6 +78,11 @@ class TileSampler:
         margin = (self.tile - self.output) // 2
         top = int(rng.integers(max(height - self.output, 0) + 1)) - margin
         left = int(rng.integers(max(width - self.output, 0) + 1)) - margin
+        # Drawn after everything else, so that with object_tiles 0 every tile is what it was.
+        if self.object_tiles and rng.random() < self.object_tiles and len(self.object_pixels[which]):
+            y, x = divmod(int(rng.choice(self.object_pixels[which])), width)
+            top = min(max(y - self.output // 2, 0), max(height - self.output, 0)) - margin
+            left = min(max(x - self.output // 2, 0), max(width - self.output, 0)) - margin
         windows = [mirror_window(t[which], top, left, self.tile, self.tile)
                    for t in (self.images, self.labels, self.weights)]
         image, labels, weights = elastic_deform(*windows, sigma=self.elastic_sigma, generator=generator)
@@ -85,7 +93,8 @@ class TileSampler:
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = False) -> dict:
     """Trains and writes ``out_dir/model.pt`` (model, optimiser, step, config, history) every
-    ``checkpoint_every`` steps and at the end, and ``out_dir/training_curve.png``. With
+    ``checkpoint_every`` steps and at the end, ``out_dir/best.pt`` at each validation that
+    scores the best IoU so far, and ``out_dir/training_curve.png``. With
     ``resume``, continues from ``out_dir/model.pt``. Returns the history: per-step losses and
     the validation scores."""
     out_dir = Path(out_dir)
@@ -140,6 +149,9 @@ def _run(config: TrainConfig, checkpoint_path: Path, resume: bool, progress: boo
         done = step + 1
         if rank == 0 and validation_set and config.val_every and (done % config.val_every == 0 or done == config.steps):
             history["validation"].append({"step": done, **validate(model, validation_set, config.tile)})
+            if history["validation"][-1]["iou"] >= max(v["iou"] for v in history["validation"]):
+                save_checkpoint(checkpoint_path.parent / "best.pt", config=config, model=model, optimizer=optimizer,
+                                step=done, history=history)
         status = {"loss": f"{history['loss'][-1]:.4f}"}
         if history["validation"]:
             status["val_iou"] = f"{history['validation'][-1]['iou']:.3f}"
