@@ -185,3 +185,16 @@ def test_predict_never_writes_over_an_input_and_keeps_names_apart(tmp_path, caps
     written = sorted(path.name for path in (tmp_path / "masks").iterdir())
     assert written == ["cell0.png", "cell0.tif", "cell0_png_overlay.png", "cell0_tif_overlay.png"]
     assert "wrote 4 files" in capsys.readouterr().out
+
+
+def test_train_options_explain_themselves_and_booleans_are_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--paper-block, --no-paper-block", "--bf16, --no-bf16", "{sgd,adam}", "{none,cosine}",
+                     "(0: never)", "share of tiles centred on a random object pixel"):
+        assert expected in text
+    cli.main(["train", "--out", str(tmp_path), "--steps", "1", "--synthetic-images", "1", "--synthetic-size", "64",
+              "--no-paper-block", *TINY])
+    assert load_checkpoint(tmp_path)["config"].paper_block is False
+    fails_with(["train", "--out", str(tmp_path / "b"), "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'", capsys)

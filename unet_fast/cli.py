@@ -149,26 +149,43 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     the checkpoint's value)."""
     defaults = TrainConfig()
     helps = {
-        "data": "'synthetic' or a folder with images/ and masks/",
+        "data": "'synthetic' (generated fluorescence cells) or a folder with images/ and masks/",
+        "steps": "training steps, one batch of tiles each",
         "widths": "channels per level, top to bottom, e.g. 64,128,256,512,1024",
-        "tile": "input tile side; must fit the network (errors name the nearest sizes)",
+        "tile": "input tile side in pixels; must fit the network (errors name the nearest sizes)",
         "bf16": "run the network under bf16 autocast",
-        "paper_block": "ReLU after both convolutions of a block (0 or 1)",
+        "paper_block": "ReLU after both convolutions of a block, as the paper (--no-paper-block: after the "
+                       "second only, as the blog post's model)",
+        "optimizer": "'sgd' (with --momentum) or 'adam'",
+        "lr": "learning rate (the peak of the schedule)",
+        "momentum": "SGD's momentum, in [0, 1)",
+        "lr_decay": "'none' (constant) or 'cosine' (to 0 at the last step)",
+        "batch_size": "tiles per step (per process under torchrun)",
+        "w0": "weight of the border term of the paper's weight map (0: class balance only)",
+        "sigma": "width in pixels of the border term (about half a cell's gap)",
+        "elastic_sigma": "standard deviation in pixels of the elastic deformation's displacements (0: none)",
+        "val_fraction": "share of a folder's images held out for validation, in [0, 1)",
+        "val_every": "steps between validations (0: never)",
+        "checkpoint_every": "steps between checkpoints (0: only at the end)",
+        "seed": "seed of the initialisation, the tiles and the validation split",
+        "synthetic_images": "how many images --data synthetic generates",
+        "synthetic_size": "side in pixels of each synthetic image",
+        "backend": "kernels to run: cpu, cuda, triton or torch (none: chosen by the device)",
         "object_tiles": "share of tiles centred on a random object pixel, so that sparse images do not "
                         "waste steps on empty tiles (0: anywhere, as the paper)",
     }
+    choices = {"optimizer": ("sgd", "adam"), "lr_decay": ("none", "cosine"), "backend": ("cpu", "cuda", "triton", "torch")}
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
         text = f"{helps.get(field.name, field.name.replace('_', ' '))} (default {default})"
         if field.name == "widths":
             parser.add_argument(flag, type=_int_list, help=text)
-        elif field.name == "bf16":
-            parser.add_argument(flag, action="store_const", const=True, help=text)
         elif isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: bool(int(s)), help=text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, type=type(default) if default is not None else str, help=text)
+            parser.add_argument(flag, type=type(default) if default is not None else str, choices=choices.get(field.name),
+                                help=text)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
