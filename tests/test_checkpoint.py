@@ -35,6 +35,14 @@ def test_cosine_decay_depends_on_the_step_alone():
     assert TrainConfig(lr=0.5).learning_rate(7) == 0.5
 
 
+def test_warm_up_rises_linearly_then_the_schedule_takes_over():
+    config = TrainConfig(steps=10, lr=0.8, lr_decay="cosine", warmup_steps=4)
+    assert [config.learning_rate(step) for step in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert config.learning_rate(5) == pytest.approx(0.4)  # the cosine's own value at step 5
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        TrainConfig(warmup_steps=-1)
+
+
 def test_checkpoint_round_trip(tmp_path):
     config = TrainConfig(widths=(4, 8), tile=28, steps=3)
     model = config.build_model()

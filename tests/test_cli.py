@@ -50,7 +50,7 @@ def test_train_on_a_folder_then_predict_and_evaluate_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "trained 3 steps" in out and "validation IoU" in out
     checkpoint = load_checkpoint(tmp_path / "run" / "model.pt")
-    assert checkpoint["config"].widths == (4, 8, 16) and checkpoint["config"].optimizer == "sgd"
+    assert checkpoint["config"].widths == (4, 8, 16) and checkpoint["config"].optimizer == "adam"
     cli.main(["predict", "--checkpoint", str(tmp_path / "run" / "model.pt"), str(tmp_path / "data" / "images"),
               "--out", str(tmp_path / "masks")])
     assert "wrote 6 files" in capsys.readouterr().out
@@ -198,3 +198,16 @@ def test_train_options_explain_themselves_and_booleans_are_flags(tmp_path, capsy
               "--no-paper-block", *TINY])
     assert load_checkpoint(tmp_path)["config"].paper_block is False
     fails_with(["train", "--out", str(tmp_path / "b"), "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'", capsys)
+
+
+def test_the_default_recipe_and_the_papers(tmp_path, capsys):
+    from unet_fast.checkpoint import RECIPES, TrainConfig
+
+    cli.main(["train", "--out", str(tmp_path / "default"), "--steps", "1", *TINY])
+    cli.main(["train", "--out", str(tmp_path / "paper"), "--steps", "1", "--recipe", "paper", "--lr", "0.02", *TINY])
+    default, paper = (load_checkpoint(tmp_path / name)["config"] for name in ("default", "paper"))
+    assert (default.optimizer, default.lr, default.lr_decay, default.warmup_steps) == ("adam", 1e-3, "cosine", 20)
+    assert paper == TrainConfig(**{**RECIPES["paper"], "lr": 0.02, "steps": 1, "widths": (4, 8, 16), "tile": 60,
+                                   "val_every": 0, "checkpoint_every": 0})  # the paper's, but what was given
+    fails_with(["train", "--out", str(tmp_path / "paper"), "--resume", "--recipe", "paper"],
+               "--recipe: a resumed run keeps the recipe it started with", capsys)

@@ -133,3 +133,17 @@ def test_instance_ids_of_any_size_and_masks_without_background():
     assert sorted(np.unique(data.instance_labels(binary))) == [0, 1, 2]  # components
     with pytest.raises(ValueError, match="mask labels must be >= 0"):
         data.instance_labels(-np.ones((2, 2), np.int16))
+
+
+def test_phase_style_has_dark_cells_in_bright_halos_on_a_bright_background():
+    fluorescence = data.synthetic_cells(256, 256, seed=5)
+    phase = data.synthetic_cells(256, 256, seed=5, style="phase")
+    assert np.array_equal(phase.labels, fluorescence.labels)  # the same cells, seen otherwise
+    cells, background = phase.labels > 0, phase.labels == 0
+    assert phase.image[cells].mean() < phase.image[background].mean() - 0.2
+    assert fluorescence.image[cells].mean() > fluorescence.image[background].mean() + 0.2
+    ring = ndimage.binary_dilation(cells, iterations=3) & ~ndimage.binary_dilation(cells, iterations=1)
+    far = ~ndimage.binary_dilation(cells, iterations=12)
+    assert phase.image[ring].mean() > phase.image[far].mean()  # the halo
+    with pytest.raises(ValueError, match="style must be one of fluorescence, phase"):
+        data.synthetic_cells(8, 8, style="dic")

@@ -18,6 +18,14 @@ from unet_fast.unet import UNet
 
 FORMAT = 1
 
+# `unet-fast train --recipe`: "default", chosen by the runs in docs/training.md (the paper's SGD
+# swung for 100 steps or more, and Adam at full rate from the first step blew up at step 2),
+# and "paper", the U-Net paper's recipe: TrainConfig's own defaults, bit for bit.
+RECIPES = {
+    "default": {"optimizer": "adam", "lr": 1e-3, "lr_decay": "cosine", "warmup_steps": 20},
+    "paper": {},
+}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -26,7 +34,7 @@ class TrainConfig:
     deformation with 10-pixel displacements, He-Gaussian initialisation, a ReLU after both
     convolutions of every block."""
 
-    data: str = "synthetic"  # "synthetic" or a folder with images/ and masks/
+    data: str = "synthetic"  # "synthetic", "synthetic-phase" or a folder with images/ and masks/
     steps: int = 2000
     tile: int = 572  # input tile side; the loss sees its valid output
     widths: tuple[int, ...] = (64, 128, 256, 512, 1024)
@@ -35,6 +43,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.99  # SGD only
     lr_decay: str = "none"  # "none" or "cosine" (to 0 at the last step)
+    warmup_steps: int = 0  # steps over which the learning rate rises linearly from lr / warmup_steps
     batch_size: int = 1  # tiles per step and process
     bf16: bool = False  # torch.autocast bf16 for the network
     w0: float = 10.0
@@ -57,7 +66,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "synthetic_images", "synthetic_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_every", "checkpoint_every"):
+        for name in ("val_every", "checkpoint_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(self, name)}")
         for name, positive in (("lr", True), ("sigma", True), ("w0", False), ("elastic_sigma", False)):
@@ -87,6 +96,8 @@ class TrainConfig:
     def learning_rate(self, step: int) -> float:
         """The learning rate of ``step`` (0-based): a function of the step alone, so resuming
         needs no scheduler state."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
         if self.lr_decay == "cosine":
             return self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
         return self.lr

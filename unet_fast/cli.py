@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import unet_fast
-from unet_fast.checkpoint import TrainConfig
+from unet_fast.checkpoint import RECIPES, TrainConfig
 
 # The demo's run, a few minutes on a 2-core CPU: a U-Net of four levels a quarter of the paper's
 # width on 252-pixel tiles; Adam with a cosine decay (it settles in a short run, where the
@@ -35,7 +35,9 @@ def _train(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
     if not args.resume and checkpoint.is_file():
         raise FileExistsError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
-    base = load_checkpoint(checkpoint)["config"] if args.resume else TrainConfig()
+    if args.resume and args.recipe:
+        raise ValueError("--recipe: a resumed run keeps the recipe it started with")
+    base = load_checkpoint(checkpoint)["config"] if args.resume else TrainConfig(**RECIPES[args.recipe or "default"])
     config = dataclasses.replace(base, **given)
     history = train(config, args.out, resume=args.resume, progress=True)
     _report_run(history, args.out)
@@ -145,11 +147,12 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    """Every TrainConfig field as an option; unset ones keep the default (or, with --resume,
-    the checkpoint's value)."""
-    defaults = TrainConfig()
+    """Every TrainConfig field as an option; unset ones keep the recipe's value (or, with
+    --resume, the checkpoint's). The defaults shown are the default recipe's."""
+    defaults = TrainConfig(**RECIPES["default"])
     helps = {
-        "data": "'synthetic' (generated fluorescence cells) or a folder with images/ and masks/",
+        "data": "'synthetic' (generated fluorescence cells), 'synthetic-phase' (phase-contrast-like: dark "
+                "cells in bright halos) or a folder with images/ and masks/",
         "steps": "training steps, one batch of tiles each",
         "widths": "channels per level, top to bottom, e.g. 64,128,256,512,1024",
         "tile": "input tile side in pixels; must fit the network (errors name the nearest sizes)",
@@ -160,6 +163,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         "lr": "learning rate (the peak of the schedule)",
         "momentum": "SGD's momentum, in [0, 1)",
         "lr_decay": "'none' (constant) or 'cosine' (to 0 at the last step)",
+        "warmup_steps": "steps over which the learning rate rises linearly to --lr (0: none)",
         "batch_size": "tiles per step (per process under torchrun)",
         "w0": "weight of the border term of the paper's weight map (0: class balance only)",
         "sigma": "width in pixels of the border term (about half a cell's gap)",
@@ -202,9 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="unet-fast", description=unet_fast.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a U-Net the paper's way")
+    train = commands.add_parser("train", help="train a U-Net: the paper's network, loss and augmentation")
     train.add_argument("--out", required=True, help="run folder: model.pt, training_curve.png")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--recipe", choices=list(RECIPES),
+                       help="'default' (Adam 1e-3, 20 warm-up steps, cosine decay) or 'paper' (SGD 0.01, momentum "
+                            "0.99, constant: the U-Net paper's); options given beside it override it (default: default)")
     _add_train_options(train)
     train.set_defaults(run=_train)
 

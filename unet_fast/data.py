@@ -28,6 +28,9 @@ class Sample:
     name: str
 
 
+SYNTHETIC_STYLES = ("fluorescence", "phase")
+
+
 def normalize_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
     """Maps the ``low`` and ``high`` intensity percentiles to 0 and 1 (float32, not clipped):
     robust to hot pixels and to the 8/16-bit range a microscope happened to use."""
@@ -53,8 +56,11 @@ def synthetic_cells(
     coverage: float = 0.4,
     overlap: float = 0.15,
     photons: float = 40.0,
+    style: str = "fluorescence",
 ) -> Sample:
-    """A fluorescence-style image of touching and overlapping cells, with instance labels.
+    """A fluorescence-style image of touching and overlapping cells, with instance labels; with
+    ``style="phase"``, phase-contrast-like instead: dark cells, each in a bright halo, on a
+    bright background (the halo bleeding into the gaps between touching cells).
 
     Cells are irregular blobs (ellipses with random low harmonics on the outline) of varied size,
     brightness and texture, dimmer towards their edges; where cells overlap their light adds up
@@ -65,6 +71,8 @@ def synthetic_cells(
     """
     if height < 1 or width < 1:
         raise ValueError(f"height and width must be >= 1, got {height} x {width}")
+    if style not in SYNTHETIC_STYLES:
+        raise ValueError(f"style must be one of {', '.join(SYNTHETIC_STYLES)}, got {style!r}")
     rng = np.random.default_rng(seed)
     labels = np.zeros((height, width), np.int32)
     light = np.zeros((height, width), np.float32)
@@ -94,7 +102,13 @@ def synthetic_cells(
     labels = separate_touching(labels)
     illumination = ndimage.zoom(rng.uniform(0.45, 1.25, (4, 4)), (height / 4, width / 4), order=3, grid_mode=True,
                                 mode="nearest")[:height, :width]
-    signal = ndimage.gaussian_filter(illumination * (0.08 + light * texture), 1.2)
+    if style == "phase":
+        cells = (light > 0).astype(np.float32)
+        halo = np.clip(ndimage.gaussian_filter(cells, 2.5) - cells, 0, None)
+        phase = np.clip(0.9 - 0.55 * np.minimum(light, 1.2) * texture + 1.6 * halo, 0.05, None)
+        signal = ndimage.gaussian_filter((0.5 + 0.5 * illumination) * phase, 1.2)
+    else:
+        signal = ndimage.gaussian_filter(illumination * (0.08 + light * texture), 1.2)
     counts = rng.poisson(np.clip(signal, 0, None) * photons).astype(np.float32)
     noisy = counts / photons + rng.normal(0.0, 0.03, signal.shape).astype(np.float32)
     return Sample(normalize_percentiles(noisy), _relabel(labels), f"synthetic-{seed}")
@@ -127,9 +141,9 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return (inverse.reshape(labels.shape) + offset).astype(np.int32)
 
 
-def synthetic_dataset(count: int, size: int, seed: int = 0) -> list[Sample]:
+def synthetic_dataset(count: int, size: int, seed: int = 0, style: str = "fluorescence") -> list[Sample]:
     """``count`` synthetic images of ``size`` x ``size``, seeds ``seed``, ``seed + 1``, ..."""
-    return [synthetic_cells(size, size, seed=seed + i) for i in range(count)]
+    return [synthetic_cells(size, size, seed=seed + i, style=style) for i in range(count)]
 
 
 def folder_dataset(root: str | Path) -> list[Sample]:

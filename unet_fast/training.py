@@ -33,15 +33,18 @@ from unet_fast.weights import weight_map
 # Fields that may change when a run is resumed: how long it runs and how often it reports.
 RESUMABLE_CHANGES = ("steps", "val_every", "checkpoint_every")
 WRITTEN = ("model.pt", "best.pt", "training_curve.png")  # what a run writes into its folder
+SYNTHETIC = {"synthetic": "fluorescence", "synthetic-phase": "phase"}  # --data values, and their style
 
 
 def datasets(config: TrainConfig) -> tuple[list[data.Sample], list[data.Sample]]:
     """(training, validation) samples. Synthetic data gets validation images of its own; a
     folder gives ``val_fraction`` of its images (at least one, chosen by seed) to validation."""
-    if config.data == "synthetic":
-        train_set = data.synthetic_dataset(config.synthetic_images, config.synthetic_size, seed=config.seed)
+    if config.data in SYNTHETIC:
+        style = SYNTHETIC[config.data]
+        train_set = data.synthetic_dataset(config.synthetic_images, config.synthetic_size, seed=config.seed, style=style)
         validation_count = math.ceil(config.val_fraction * config.synthetic_images) if config.val_every else 0
-        return train_set, data.synthetic_dataset(validation_count, config.synthetic_size, seed=config.seed + 10**6)
+        return train_set, data.synthetic_dataset(validation_count, config.synthetic_size, seed=config.seed + 10**6,
+                                                 style=style)
     samples = data.folder_dataset(config.data)
     if not config.val_every or config.val_fraction == 0 or len(samples) < 2:
         return samples, []
