@@ -11,7 +11,7 @@ import torch
 from skimage.filters import threshold_otsu
 
 from unet_fast import data, metrics
-from unet_fast.checkpoint import TrainConfig, load_checkpoint
+from unet_fast.checkpoint import RECIPES, TrainConfig, load_checkpoint
 from unet_fast.predict import segment
 from unet_fast.training import TileSampler, datasets, train
 
@@ -81,9 +81,9 @@ def test_two_gloo_processes_train_like_one_process_with_both_tiles(tmp_path):
 
 @pytest.mark.parametrize("modality", ["synthetic", "synthetic-phase"])
 def test_brief_training_beats_an_otsu_threshold(modality, tmp_path):
-    config = TrainConfig(data=modality, widths=(8, 16, 32), tile=92, steps=150, optimizer="adam", lr=2e-3,
-                         lr_decay="cosine", sigma=3.0, synthetic_images=4, synthetic_size=192, val_every=0,
-                         checkpoint_every=0)
+    # the default recipe, on a small network
+    config = TrainConfig(**RECIPES["default"], data=modality, widths=(8, 16, 32), tile=92, steps=150, sigma=3.0,
+                         synthetic_images=4, synthetic_size=192, val_every=0, checkpoint_every=0)
     train(config, tmp_path)
     model = load_checkpoint(tmp_path)["config"].build_model()
     model.load_state_dict(load_checkpoint(tmp_path)["model"])
