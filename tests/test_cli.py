@@ -48,7 +48,7 @@ def test_train_on_a_folder_then_predict_and_evaluate_it(tmp_path, capsys):
     cli.main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "3",
               "--val-every", "3", "--widths", "4,8,16", "--tile", "60"])
     out = capsys.readouterr().out
-    assert "trained 3 steps" in out and "validation IoU" in out
+    assert "trained 3 steps" in out and "validation IoU" in out and "AP50" in out
     checkpoint = load_checkpoint(tmp_path / "run" / "model.pt")
     assert checkpoint["config"].widths == (4, 8, 16) and checkpoint["config"].optimizer == "adam"
     cli.main(["predict", "--checkpoint", str(tmp_path / "run" / "model.pt"), str(tmp_path / "data" / "images"),

@@ -103,7 +103,7 @@ def test_validation_scores_are_recorded_on_schedule(tmp_path):
     config = TrainConfig(**{**TINY, "val_every": 2}, steps=3)
     history = train(config, tmp_path)
     assert [entry["step"] for entry in history["validation"]] == [2, 3]
-    assert all(0 <= entry["iou"] <= 1 and 0 <= entry["dice"] <= 1 for entry in history["validation"])
+    assert all(0 <= entry[score] <= 1 for entry in history["validation"] for score in ("iou", "dice", "ap50"))
     best = max(history["validation"][::-1], key=lambda entry: entry["iou"])  # the later of equals
     assert load_checkpoint(tmp_path / "best.pt")["step"] == best["step"]
 

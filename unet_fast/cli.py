@@ -46,6 +46,8 @@ def _train(args: argparse.Namespace) -> None:
 def _report_run(history: dict, out: str | Path) -> None:
     last = history["validation"][-1] if history["validation"] else None
     scores = f"; validation IoU {last['iou']:.3f}, Dice {last['dice']:.3f}" if last else ""
+    if last and "ap50" in last:  # (not in runs begun before it was measured)
+        scores += f", AP50 {last['ap50']:.3f}"
     recovered = len(history.get("recoveries", []))
     again = f" (went back and halved the learning rate {recovered} times)" if recovered else ""
     print(f"trained {len(history['loss'])} steps{again}, final loss {history['loss'][-1]:.4f}{scores}")

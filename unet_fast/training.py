@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from unet_fast import data, metrics
+from unet_fast import data, instances, metrics
 from unet_fast.augment import elastic_deform, flip_rotate
 from unet_fast.checkpoint import TrainConfig, load_checkpoint, save_checkpoint
 from unet_fast.divergence import DivergenceGuard, TrainingDiverged
@@ -180,16 +180,19 @@ def _goes_on(guard: DivergenceGuard, value: float, step: int, checkpoint_path: P
 
 
 def validate(model: torch.nn.Module, samples: list[data.Sample], tile: int) -> dict[str, float]:
-    """Mean IoU and Dice of the foreground over ``samples`` (overlap-tile prediction)."""
+    """Mean IoU and Dice of the foreground, and AP50 of the cells (watershed), over ``samples``
+    (overlap-tile prediction)."""
     was_training = model.training
     model.eval()
     scores = []
     for sample in samples:
         foreground = predict_tiled(model, sample.image, tile=tile).argmax(0).numpy()
-        scores.append((metrics.iou(foreground, sample.labels), metrics.dice(foreground, sample.labels)))
+        cells = instances.watershed(foreground)
+        scores.append((metrics.iou(foreground, sample.labels), metrics.dice(foreground, sample.labels),
+                       metrics.average_precision(cells, sample.labels, (0.5,))[0.5]))
     model.train(was_training)
-    iou, dice = np.mean(scores, axis=0)
-    return {"iou": float(iou), "dice": float(dice)}
+    iou, dice, ap50 = np.mean(scores, axis=0)
+    return {"iou": float(iou), "dice": float(dice), "ap50": float(ap50)}
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
