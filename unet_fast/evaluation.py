@@ -47,8 +47,8 @@ def evaluate_folders(pred_dir: str | Path, mask_dir: str | Path) -> tuple[list[t
     for prediction_path, mask_path in paired_files(pred_dir, mask_dir):
         predicted, true = _labels(prediction_path, "prediction"), _labels(mask_path, "mask")
         if predicted.shape != true.shape:
-            raise ValueError(f"prediction {prediction_path} has shape {predicted.shape[1:] if len(predicted) == 1 else predicted.shape}"
-                             f" but its mask {mask_path} has {true.shape[1:] if len(true) == 1 else true.shape}")
+            shapes = [frames.shape[1:] if len(frames) == 1 else frames.shape for frames in (predicted, true)]
+            raise ValueError(f"prediction {prediction_path} has shape {shapes[0]} but its mask {mask_path} has {shapes[1]}")
         for index, (frame_prediction, frame_mask) in enumerate(zip(predicted, true)):
             name = mask_path.stem if len(true) == 1 else f"{mask_path.stem}[{index}]"
             if not frame_mask.any():
