@@ -145,5 +145,18 @@ def test_phase_style_has_dark_cells_in_bright_halos_on_a_bright_background():
     ring = ndimage.binary_dilation(cells, iterations=3) & ~ndimage.binary_dilation(cells, iterations=1)
     far = ~ndimage.binary_dilation(cells, iterations=12)
     assert phase.image[ring].mean() > phase.image[far].mean()  # the halo
-    with pytest.raises(ValueError, match="style must be one of fluorescence, phase"):
+    with pytest.raises(ValueError, match="style must be one of fluorescence, phase, nuclei"):
         data.synthetic_cells(8, 8, style="dic")
+
+
+def test_nuclei_style_is_small_round_objects_most_of_them_touching():
+    cells = data.synthetic_cells(256, 256, seed=2)
+    nuclei = data.synthetic_cells(256, 256, seed=2, style="nuclei")
+    areas = np.bincount(nuclei.labels.ravel())[1:]
+    assert np.median(areas) < 0.5 * np.median(np.bincount(cells.labels.ravel())[1:])
+    assert (nuclei.labels > 0).mean() > (cells.labels > 0).mean() + 0.1  # more crowded
+    # Touching: the parting line is all that separates an object from a neighbour.
+    closed = ndimage.binary_closing(nuclei.labels > 0, iterations=1)
+    components = ndimage.label(closed)[1]
+    assert components < 0.6 * nuclei.labels.max()
+    assert nuclei.image[nuclei.labels > 0].mean() > nuclei.image[nuclei.labels == 0].mean() + 0.2

@@ -34,7 +34,7 @@ class TrainConfig:
     deformation with 10-pixel displacements, He-Gaussian initialisation, a ReLU after both
     convolutions of every block."""
 
-    data: str = "synthetic"  # "synthetic", "synthetic-phase" or a folder with images/ and masks/
+    data: str = "synthetic"  # "synthetic", "synthetic-phase", "synthetic-nuclei" or a folder with images/ and masks/
     steps: int = 2000
     tile: int = 572  # input tile side; the loss sees its valid output
     widths: tuple[int, ...] = (64, 128, 256, 512, 1024)

@@ -154,7 +154,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(**RECIPES["default"])
     helps = {
         "data": "'synthetic' (generated fluorescence cells), 'synthetic-phase' (phase-contrast-like: dark "
-                "cells in bright halos) or a folder with images/ and masks/",
+                "cells in bright halos), 'synthetic-nuclei' (dense touching nuclei) or a folder with images/ "
+                "and masks/",
         "steps": "training steps, one batch of tiles each",
         "widths": "channels per level, top to bottom, e.g. 64,128,256,512,1024",
         "tile": "input tile side in pixels; must fit the network (errors name the nearest sizes)",

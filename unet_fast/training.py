@@ -33,7 +33,8 @@ from unet_fast.weights import weight_map
 # Fields that may change when a run is resumed: how long it runs and how often it reports.
 RESUMABLE_CHANGES = ("steps", "val_every", "checkpoint_every")
 WRITTEN = ("model.pt", "best.pt", "training_curve.png")  # what a run writes into its folder
-SYNTHETIC = {"synthetic": "fluorescence", "synthetic-phase": "phase"}  # --data values, and their style
+# --data values that generate images, and their style
+SYNTHETIC = {"synthetic": "fluorescence", "synthetic-phase": "phase", "synthetic-nuclei": "nuclei"}
 
 
 def datasets(config: TrainConfig) -> tuple[list[data.Sample], list[data.Sample]]:
