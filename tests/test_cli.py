@@ -27,7 +27,7 @@ def fails_with(argv, match, capsys):
     assert last.startswith(f"unet-fast {argv[0]}: error: ") and re.search(match, last), err
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo", "bench", "tune"])
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "export", "demo", "bench", "tune"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])
@@ -63,6 +63,31 @@ def test_train_on_a_folder_then_predict_and_evaluate_it(tmp_path, capsys):
     scored = [line.split()[0] for line in out.splitlines()[1:] if not line.startswith("left out")]
     left_out = [name for name in ("cell0", "cell1", "cell2") if name not in scored]  # masks without cells
     assert scored[-1] == "mean" and sorted(scored[:-1] + left_out) == ["cell0", "cell1", "cell2"]
+
+
+def test_export_then_predict_with_the_package_and_the_onnx_file(tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec")
+    pytest.importorskip("onnxruntime")
+    _folder_dataset(tmp_path / "data", count=2)
+    cli.main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "2", *TINY])
+    cli.main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "package")])
+    assert "rdf.yaml to" in capsys.readouterr().out
+    images = str(tmp_path / "data" / "images")
+    expected = None
+    for option, network in (("--checkpoint", "run"), ("--model", "package/rdf.yaml"), ("--model", "package/model.onnx")):
+        cli.main(["predict", images, option, str(tmp_path / network), "--out", str(tmp_path / "pred" / network)])
+        labels = files.read_frames(tmp_path / "pred" / network / "cell0.tif")
+        if expected is None:
+            expected = labels
+        np.testing.assert_array_equal(labels, expected)  # ids as well as the partition: the same logits
+    fails_with(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "package")],
+               "is not empty: choose an empty folder, or pass --force", capsys)
+    fails_with(["export", "--checkpoint", str(tmp_path / "data"), "--out", str(tmp_path / "x")], "no checkpoint at",
+               capsys)
+    fails_with(["predict", images, "--model", str(tmp_path / "run" / "model.pt"), "--out", str(tmp_path / "y")],
+               "expected a bioimage.io rdf.yaml or an .onnx file", capsys)
+    fails_with(["predict", images, "--model", str(tmp_path / "run"), "--checkpoint", str(tmp_path / "run"), "--out",
+                str(tmp_path / "y")], "not allowed with argument", capsys)
 
 
 def test_train_resumes_with_the_saved_configuration(tmp_path, capsys):

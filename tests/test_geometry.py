@@ -58,3 +58,10 @@ def test_join_sizes_are_what_the_reference_decoder_crops_to(enc_chs, dec_chs):
         assert sizes[-1] is None and len(sizes) == geometry.depth
         assert [size for size in sizes if size is not None] == joined[::-1], n
         assert sizes[: geometry.depth - 1 - geometry.stages] == [None] * (geometry.depth - 1 - geometry.stages)
+
+
+@pytest.mark.parametrize("depth, stages, smallest, step", [(5, 4, 188, 16), (4, 3, 92, 8), (3, 2, 44, 4), (5, 2, 188, 16)])
+def test_valid_sizes_start_at_min_size_and_go_up_by_step(depth, stages, smallest, step):
+    geometry = UNetGeometry(depth=depth, stages=stages)
+    assert (geometry.min_size, geometry.step) == (smallest, step)
+    assert geometry.valid_input_sizes(1, smallest + 10 * step) == list(range(smallest, smallest + 10 * step + 1, step))

@@ -17,6 +17,7 @@ _WHERE = {
     "WeightedSoftmaxCrossEntropyLoss": "unet_fast.losses",
     "crop_concat": "unet_fast.ops",
     "elastic_deform": "unet_fast.augment",
+    "export": "unet_fast.exports",
     "flip_rotate": "unet_fast.augment",
     "folder_dataset": "unet_fast.data",
     "init_paper_": "unet_fast.init",

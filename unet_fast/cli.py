@@ -1,4 +1,4 @@
-"""The ``unet-fast`` command: train, predict, evaluate, demo, bench, tune."""
+"""The ``unet-fast`` command: train, predict, evaluate, export, demo, bench, tune."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 import unet_fast
 from unet_fast.checkpoint import RECIPES, TrainConfig
+from unet_fast.exports import FORMATS
 
 # The demo's run, a few minutes on a 2-core CPU: a U-Net of four levels a quarter of the paper's
 # width on 252-pixel tiles; Adam with a cosine decay (it settles in a short run, where the
@@ -57,11 +58,26 @@ def _report_run(history: dict, out: str | Path) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from unet_fast.checkpoint import load_model
     from unet_fast.predict import predict_files
+    from unet_fast.runtimes import load_exported
 
-    model = load_model(args.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
+    if args.model:
+        model = load_exported(args.model)
+    else:
+        model = load_model(args.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
     written = predict_files(model, args.inputs, args.out, tile=args.tile, batch_size=args.batch_size, progress=True,
                             method=args.instances)
     print(f"wrote {len(written)} files to {args.out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from unet_fast.exports import export
+
+    package = {"name": args.name, "authors": args.author, "license": args.license, "sample": args.sample}
+    given = {key: value for key, value in package.items() if value is not None}
+    if args.format != "bioimageio" and given:
+        raise ValueError(f"--{', --'.join(given)}: only for --format bioimageio")
+    written = export(args.checkpoint, args.out, args.format, force=args.force, **given)
+    print(f"wrote {', '.join(path.name for path in written)} to {args.out}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -220,7 +236,10 @@ def main(argv: list[str] | None = None) -> None:
 
     predict = commands.add_parser("predict", help="segment images with a trained U-Net")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help=".tif/.tiff/.png files or folders of them")
-    predict.add_argument("--checkpoint", required=True, help="RUN_DIR/model.pt from unet-fast train")
+    network = predict.add_mutually_exclusive_group(required=True)
+    network.add_argument("--checkpoint", help="RUN_DIR/model.pt from unet-fast train")
+    network.add_argument("--model", help="an exported network: PACKAGE/rdf.yaml (its TorchScript weights) or a "
+                                         ".onnx file (through onnxruntime), from unet-fast export")
     predict.add_argument("--out", required=True, help="folder for the label images and overlays")
     predict.add_argument("--tile", type=int, help="input tile side (default: chosen from the image size)")
     predict.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
@@ -236,6 +255,27 @@ def main(argv: list[str] | None = None) -> None:
     evaluate.add_argument("--pred", required=True, help="folder of predicted label images (unet-fast predict --out)")
     evaluate.add_argument("--masks", required=True, help="folder of ground-truth masks, named as the images")
     evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser(
+        "export", help="write a trained U-Net as a bioimage.io package, TorchScript or ONNX",
+        description="Writes the network of a checkpoint in formats that run without unet_fast: a bioimage.io "
+                    "package (model spec 0.5: state dict with a plain-PyTorch architecture file, TorchScript and "
+                    "ONNX weights, test tensors, cover, documentation) for Fiji, ilastik, QuPath, napari and the "
+                    "BioImage Model Zoo; or only TorchScript, or only ONNX. ONNX and the package need the "
+                    "[export] extra: pip install 'unet_fast[export]'.")
+    export.add_argument("--checkpoint", required=True, help="RUN_DIR or RUN_DIR/model.pt from unet-fast train")
+    export.add_argument("--out", required=True, help="folder to write into (must be empty unless --force)")
+    export.add_argument("--format", choices=FORMATS, default="bioimageio",
+                        help="bioimageio (all three weight formats), torchscript or onnx (default bioimageio)")
+    export.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing what export "
+                                                             "writes there")
+    export.add_argument("--name", help="the package's name (default: from the training data)")
+    export.add_argument("--author", action="append", help="an author's name; repeat for several (default: your "
+                                                          "login name)")
+    export.add_argument("--license", help="SPDX licence of the model (default CC-BY-4.0)")
+    export.add_argument("--sample", metavar="IMAGE", help="image whose centre becomes the test input (default: "
+                                                          "the first training image)")
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="train on synthetic cells for a few minutes, segment a large image")
     demo.add_argument("--out", default="unet_fast_demo", help="folder for the outputs (default unet_fast_demo)")
@@ -266,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError, RuntimeError) as error:
+    except (ValueError, OSError, RuntimeError, ImportError) as error:
         if not _users_error(error):
             raise
         # what the user asked for cannot be done: one line, as argparse reports a bad option
@@ -284,10 +324,11 @@ def _add_instances_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _users_error(error: Exception) -> bool:
-    """Bad input, files and folders, or a run that diverged; not a fault of this program."""
+    """Bad input, files and folders, a missing optional dependency, or a run that diverged; not a
+    fault of this program."""
     from unet_fast.training import TrainingDiverged
 
-    return isinstance(error, (ValueError, OSError, TrainingDiverged))
+    return isinstance(error, (ValueError, OSError, ModuleNotFoundError, TrainingDiverged))
 
 
 if __name__ == "__main__":

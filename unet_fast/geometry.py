@@ -56,6 +56,16 @@ class UNetGeometry:
             size -= _CONV_LOSS
         return joins
 
+    @property
+    def step(self) -> int:
+        """How far apart valid input sizes are: 2**pools."""
+        return 2 ** (self.depth - 1)
+
+    @property
+    def min_size(self) -> int:
+        """The smallest valid input size; the others are ``min_size + k * step``."""
+        return next(n for n in itertools.count(1) if self.is_valid(n))
+
     def is_valid(self, n: int) -> bool:
         return self._trace(n)[0] is not None
 

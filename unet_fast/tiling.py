@@ -95,7 +95,7 @@ def predict_tiled(
         tile = _default_tile(geometry, max(height, width))
     stride = tile_stride(geometry, tile)
     margin = (tile - geometry.output_size(tile)) // 2
-    parameter = next(model.parameters())
+    parameter = next(model.parameters(), torch.empty(0))  # none: an exported network, on the CPU in fp32
     starts = [(y, x) for y in range(0, height, stride) for x in range(0, width, stride)]
     result = None
     batches = range(0, len(starts), batch_size)
