@@ -60,13 +60,54 @@ def _predict(args: argparse.Namespace) -> None:
     from unet_fast.predict import predict_files
     from unet_fast.runtimes import load_exported
 
+    if _is_blockwise(args):
+        return _predict_blockwise(args)
+    for name in ("block", "probabilities", "overwrite", "resume", "scheduler", "workers"):
+        if getattr(args, name) not in (None, False):
+            raise ValueError(f"--{name}: only for a large image, segmented into --out NAME.ome.zarr, NAME.zarr or "
+                             "NAME.tif")
     if args.model:
         model = load_exported(args.model)
     else:
         model = load_model(args.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
     written = predict_files(model, args.inputs, args.out, tile=args.tile, batch_size=args.batch_size, progress=True,
-                            method=args.instances)
+                            method=args.instances or "watershed")
     print(f"wrote {len(written)} files to {args.out}")
+
+
+def _is_blockwise(args: argparse.Namespace) -> bool:
+    """A Zarr input, or an output that is a Zarr store or a TIFF file, goes block by block."""
+    from unet_fast import stores
+
+    try:
+        stores.output_kind(args.out)
+        return True
+    except ValueError:
+        if any(stores.is_zarr(path) for path in args.inputs):
+            raise ValueError(f"--out {args.out}: a Zarr image is segmented into NAME.ome.zarr, NAME.zarr or "
+                             "NAME.tif") from None
+        return False
+
+
+def _predict_blockwise(args: argparse.Namespace) -> None:
+    from unet_fast.blockwise import segment_large
+    from unet_fast.clusters import cluster_client
+
+    if len(args.inputs) != 1:
+        raise ValueError(f"--out {args.out} holds one image: give one input, not {len(args.inputs)}")
+    if args.instances == "watershed":
+        raise ValueError("--instances watershed: a large image's objects are the connected components of its "
+                         "foreground (the watershed needs whole objects in memory); leave --instances out")
+    with cluster_client(args.scheduler, args.workers) as (client, threads):
+        summary = segment_large(args.model or args.checkpoint, args.inputs[0], args.out, tile=args.tile,
+                                block=args.block, batch_size=args.batch_size, probability=args.probabilities,
+                                overwrite=args.overwrite, resume=args.resume, client=client, threads=threads,
+                                progress=True)
+    objects = sum(summary["objects"])
+    frames = len(summary["objects"])
+    print(f"wrote {args.out}: {objects} objects in {frames} frame{'s' * (frames > 1)}, {summary['blocks']} blocks of "
+          f"{summary['block']} pixels, {summary['seconds']:.1f} s ({summary['pixels_per_second'] / 1e6:.2f} "
+          "megapixels/s)")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -102,7 +143,7 @@ def _demo(args: argparse.Namespace) -> None:
     test = data.synthetic_cells(args.size, args.size, seed=DEMO_TEST_SEED)
     model = load_model(out / "model.pt")
     start = time.perf_counter()
-    labels = segment(model, test.image, tile=args.tile, progress=True, method=args.instances)
+    labels = segment(model, test.image, tile=args.tile, progress=True, method=args.instances or "watershed")
     segmented = time.perf_counter() - start
     print(f"segmented a {args.size}x{args.size} image with {int(test.labels.max())} cells in {segmented:.1f} s "
           f"(overlap-tile, {args.tile}-pixel tiles)")
@@ -240,10 +281,27 @@ def main(argv: list[str] | None = None) -> None:
     network.add_argument("--checkpoint", help="RUN_DIR/model.pt from unet-fast train")
     network.add_argument("--model", help="an exported network: PACKAGE/rdf.yaml (its TorchScript weights) or a "
                                          ".onnx file (through onnxruntime), from unet-fast export")
-    predict.add_argument("--out", required=True, help="folder for the label images and overlays")
+    predict.add_argument("--out", required=True,
+                         help="folder for the label images and overlays; or, for one large image read block by "
+                              "block (always for a Zarr input), NAME.ome.zarr (labels/cells with OME-Zarr "
+                              "image-label metadata), NAME.zarr (a plain Zarr array) or NAME.tif (a tiled BigTIFF), "
+                              "holding (frames, y, x) uint32 labels")
     predict.add_argument("--tile", type=int, help="input tile side (default: chosen from the image size)")
     predict.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
     _add_instances_option(predict)
+    large = predict.add_argument_group("large images (--out NAME.ome.zarr, NAME.zarr or NAME.tif)")
+    large.add_argument("--block", type=int, help="block side in pixels, rounded down to a multiple of the tile "
+                                                 "stride (default 2048); memory grows with it, not the image")
+    large.add_argument("--probabilities", action="store_true",
+                       help="also write the foreground probability, as the OME-Zarr's image")
+    large.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    large.add_argument("--resume", action="store_true", help="finish an interrupted run into --out, keeping the "
+                                                             "blocks it wrote")
+    cluster = large.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run the blocks on this dask.distributed "
+                                                                "scheduler's workers (e.g. tcp://host:8786)")
+    cluster.add_argument("--workers", type=int, help="run the blocks on a local dask cluster of this many worker "
+                                                     "processes")
     predict.set_defaults(run=_predict)
 
     evaluate = commands.add_parser(
@@ -317,10 +375,10 @@ def main(argv: list[str] | None = None) -> None:
 def _add_instances_option(parser: argparse.ArgumentParser) -> None:
     from unet_fast.instances import METHODS
 
-    parser.add_argument("--instances", choices=METHODS, default="watershed",
+    parser.add_argument("--instances", choices=METHODS,
                         help="how cells are told apart in the predicted foreground: 'watershed' splits touching "
                              "cells whose parting line the network missed; 'components' takes its connected "
-                             "components, as the paper (default watershed)")
+                             "components, as the paper (default watershed; components for large images)")
 
 
 def _users_error(error: Exception) -> bool:

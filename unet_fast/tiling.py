@@ -11,6 +11,7 @@ copy) and run in batches of ``batch_size``, so memory stays bounded by the batch
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -64,7 +65,6 @@ def tile_stride(geometry: UNetGeometry, tile: int) -> int:
     return stride
 
 
-@torch.no_grad()
 def predict_tiled(
     model: nn.Module,
     image: torch.Tensor | np.ndarray,
@@ -87,31 +87,72 @@ def predict_tiled(
         raise ValueError(f"image must be (H, W) or (C, H, W) with H, W >= 1, got shape {tuple(image.shape)}")
     if not image.is_floating_point():
         raise TypeError(f"image must be a floating-point tensor (normalised intensities), got {image.dtype}")
+    height, width = image.shape[-2:]
+    if tile is None:
+        tile = default_tile(model_geometry(model), max(height, width))
+
+    def read(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return image.index_select(-2, rows.to(image.device)).index_select(-1, cols.to(image.device))
+
+    return predict_region(model, read, (height, width), (0, 0, height, width), tile=tile, batch_size=batch_size,
+                          progress=progress).to(image.device)
+
+
+@torch.no_grad()
+def predict_region(
+    model: nn.Module,
+    read: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, int],
+    box: tuple[int, int, int, int],
+    *,
+    tile: int,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The logits (classes, rows, cols) of the window ``box`` = (top, left, rows, cols) of an
+    image of ``shape`` (H, W), equal to that window of :func:`predict_tiled` on the whole image
+    when ``top`` and ``left`` are multiples of the tile stride: the same tiles, mirrored at the
+    image's borders. ``read(row_indices, col_indices)`` returns those pixels, (C, len, len)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     geometry = model_geometry(model)
-    height, width = image.shape[-2:]
-    if tile is None:
-        tile = _default_tile(geometry, max(height, width))
     stride = tile_stride(geometry, tile)
     margin = (tile - geometry.output_size(tile)) // 2
+    top, left, rows, cols = box
+    if top % stride or left % stride:
+        raise ValueError(f"the window must start on the tile grid (multiples of {stride}), got ({top}, {left})")
     parameter = next(model.parameters(), torch.empty(0))  # none: an exported network, on the CPU in fp32
-    starts = [(y, x) for y in range(0, height, stride) for x in range(0, width, stride)]
+    starts = [(y, x) for y in range(top, top + rows, stride) for x in range(left, left + cols, stride)]
     result = None
     batches = range(0, len(starts), batch_size)
     for first in tqdm(batches, desc="tiles", unit="batch", disable=not progress, leave=False):
         chunk = starts[first:first + batch_size]
-        tiles = torch.stack([mirror_window(image, y - margin, x - margin, tile, tile) for y, x in chunk])
-        output = model(tiles.to(device=parameter.device, dtype=parameter.dtype)).float().to(image.device)
+        tiles = torch.stack([read(mirror_indices(shape[0], y - margin, tile), mirror_indices(shape[1], x - margin, tile))
+                             for y, x in chunk])
+        output = model(tiles.to(device=parameter.device, dtype=parameter.dtype)).float().cpu()
         if result is None:
-            result = torch.empty(output.shape[1], height, width, device=image.device)
+            result = torch.empty(output.shape[1], rows, cols)
         for (y, x), tile_output in zip(chunk, output):
-            rows, cols = min(stride, height - y), min(stride, width - x)
-            result[:, y:y + rows, x:x + cols] = tile_output[:, :rows, :cols]
+            height, width = min(stride, top + rows - y), min(stride, left + cols - x)
+            result[:, y - top:y - top + height, x - left:x - left + width] = tile_output[:, :height, :width]
     return result
 
 
-def _default_tile(geometry: UNetGeometry, side: int) -> int:
+def tile_reach(geometry: UNetGeometry, tile: int, shape: tuple[int, int], box: tuple[int, int, int, int]
+               ) -> tuple[slice, slice]:
+    """The rows and columns of the image that :func:`predict_region` reads for ``box``: a
+    block's input, its margins and their mirror images."""
+    stride = tile_stride(geometry, tile)
+    margin = (tile - geometry.output_size(tile)) // 2
+    top, left, rows, cols = box
+    reach = []
+    for length, start, count in ((shape[0], top, rows), (shape[1], left, cols)):
+        indices = torch.cat([mirror_indices(length, s - margin, tile) for s in range(start, start + count, stride)])
+        reach.append(slice(int(indices.min()), int(indices.max()) + 1))
+    return reach[0], reach[1]
+
+
+def default_tile(geometry: UNetGeometry, side: int) -> int:
     """The smallest valid tile that covers ``side`` in one stride, but at most the first valid
     size >= 572 (the paper's tile; larger images take several)."""
     step = 2 ** (geometry.depth - 1)
