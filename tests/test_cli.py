@@ -90,6 +90,31 @@ def test_export_then_predict_with_the_package_and_the_onnx_file(tmp_path, capsys
                 str(tmp_path / "y")], "not allowed with argument", capsys)
 
 
+def test_predict_a_large_image_block_by_block(tmp_path, capsys):
+    zarr = pytest.importorskip("zarr")
+    cli.main(["train", "--out", str(tmp_path / "run"), "--steps", "1", "--synthetic-images", "1", "--synthetic-size",
+              "64", *TINY])
+    image = (data.synthetic_cells(150, 130, seed=1).image.clip(0, 2) * 1000).astype(np.uint16)
+    zarr.create_array(str(tmp_path / "image.zarr"), shape=image.shape, dtype=image.dtype)[:] = image
+    run, zarr_image, labels = str(tmp_path / "run"), str(tmp_path / "image.zarr"), str(tmp_path / "labels.ome.zarr")
+    cli.main(["predict", zarr_image, "--checkpoint", run, "--out", labels, "--tile", "60", "--block", "64",
+              "--probabilities"])
+    assert re.search(r"wrote .*labels.ome.zarr: \d+ objects in 1 frame, 9 blocks of 60 pixels, .* megapixels/s",
+                     capsys.readouterr().out)
+    assert zarr.open_group(labels, mode="r")["labels/cells/0"].shape == (1, 150, 130)
+    fails_with(["predict", zarr_image, "--checkpoint", run, "--out", labels], "exists: choose another, or pass "
+               "--overwrite", capsys)
+    fails_with(["predict", zarr_image, "--checkpoint", run, "--out", str(tmp_path / "folder")],
+               "a Zarr image is segmented into NAME.ome.zarr, NAME.zarr or NAME.tif", capsys)
+    fails_with(["predict", zarr_image, "--checkpoint", run, "--out", str(tmp_path / "x.zarr"), "--instances",
+                "watershed"], "--instances watershed: a large image's objects are the connected components", capsys)
+    tifffile.imwrite(tmp_path / "small.tif", image)
+    fails_with(["predict", str(tmp_path / "small.tif"), "--checkpoint", run, "--out", str(tmp_path / "f"),
+                "--workers", "2"], "--workers: only for a large image", capsys)
+    fails_with(["predict", zarr_image, zarr_image, "--checkpoint", run, "--out", str(tmp_path / "y.zarr")],
+               "holds one image: give one input, not 2", capsys)
+
+
 def test_train_resumes_with_the_saved_configuration(tmp_path, capsys):
     cli.main(["train", "--out", str(tmp_path), "--steps", "1", "--synthetic-images", "1", "--synthetic-size", "64",
               "--optimizer", "adam", *TINY])

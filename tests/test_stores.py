@@ -21,7 +21,6 @@ def test_zarr_arrays_of_either_format(tmp_path, zarr_format):
     np.testing.assert_array_equal(lazy.read(0, slice(5, 20), slice(30, 70)), IMAGE[5:20, 30:])
 
 
-@pytest.mark.filterwarnings("ignore:Call to deprecated class Scaler:DeprecationWarning")  # ome-zarr-py's default
 def test_an_ome_zarr_image_drops_its_singleton_axes(tmp_path):
     from ome_zarr.io import parse_url
     from ome_zarr.writer import write_image

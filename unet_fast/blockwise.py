@@ -127,16 +127,20 @@ def load_network(source: str) -> torch.nn.Module:
 
 
 @functools.lru_cache(maxsize=2)
-def _open(job: Job) -> tuple[stores.LazyImage, stores.Outputs]:
-    lazy = stores.open_image(job.image)
-    outputs = stores.create_outputs(job.out, job.shape, job.block, probability=job.probability, overwrite=False,
-                                    resume=True)
-    return lazy, outputs
+def _outputs(job: Job) -> stores.Outputs:
+    """The run's outputs, opened once per process."""
+    return stores.create_outputs(job.out, job.shape, job.block, probability=job.probability, overwrite=False,
+                                 resume=True)
+
+
+@functools.lru_cache(maxsize=2)
+def _image(path: str) -> stores.LazyImage:
+    return stores.open_image(path)
 
 
 def segment_block(job: Job, block: tuple[int, int, int]) -> None:
     """Pass 1 for one block: the network's foreground there, written by :func:`write_block`."""
-    lazy, outputs = _open(job)
+    lazy, outputs = _image(job.image), _outputs(job)
     model = load_network(job.network)
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -162,7 +166,7 @@ def write_block(job: Job, block: tuple[int, int, int], foreground: np.ndarray,
     within the block, and the record that the block is done (its count and four edges)."""
     from scipy import ndimage
 
-    _, outputs = _open(job)
+    outputs = _outputs(job)
     frame, top, left = block
     labels, count = ndimage.label(foreground)
     labels = labels.astype(np.uint32)
@@ -216,7 +220,7 @@ def relabelling_tables(job: Job, state: Path, blocks: list[tuple[int, int, int]]
 
 def relabel_block(job: Job, block: tuple[int, int, int], tables: list[Relabelling]) -> None:
     """Pass 2 for one block: its provisional labels replaced by the final ones."""
-    _, outputs = _open(job)
+    outputs = _outputs(job)
     frame, top, left = block
     _, height, width = job.shape
     window = (frame, slice(top, min(top + job.block, height)), slice(left, min(left + job.block, width)))
@@ -291,4 +295,5 @@ def _finish(outputs: stores.Outputs, job: Job) -> None:
     if outputs.kind == "tiff":
         stores.write_bigtiff(outputs.store, outputs.labels, job.block)
     shutil.rmtree(outputs.state)
-    _open.cache_clear()
+    _outputs.cache_clear()
+    _image.cache_clear()
