@@ -15,7 +15,8 @@ IMAGE = np.arange(60 * 70, dtype=np.uint16).reshape(60, 70)
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_zarr_arrays_of_either_format(tmp_path, zarr_format):
     path = tmp_path / "image.zarr"
-    zarr.create_array(str(path), shape=IMAGE.shape, chunks=(16, 16), dtype=IMAGE.dtype, zarr_format=zarr_format)[:] = IMAGE
+    array = zarr.create_array(str(path), shape=IMAGE.shape, chunks=(16, 16), dtype=IMAGE.dtype, zarr_format=zarr_format)
+    array[:] = IMAGE
     lazy = stores.open_image(path)
     assert (lazy.frames, lazy.height, lazy.width, lazy.dtype) == (1, 60, 70, np.uint16)
     np.testing.assert_array_equal(lazy.read(0, slice(5, 20), slice(30, 70)), IMAGE[5:20, 30:])

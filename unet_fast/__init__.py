@@ -27,6 +27,7 @@ _WHERE = {
     "ops": "unet_fast.ops",
     "predict_tiled": "unet_fast.tiling",
     "segment": "unet_fast.predict",
+    "segment_large": "unet_fast.blockwise",
     "synthetic_cells": "unet_fast.data",
     "train": "unet_fast.training",
     "weight_map": "unet_fast.weights",

@@ -197,7 +197,7 @@ def _description(config, step: int, *, name: str, authors: list[str], license: s
     input_tensor = spec.InputTensorDescr(
         id=raw_id, description="grey image, raw intensities",
         axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("raw")]),
-              spec.SpaceInputAxis(id=spec.AxisId("y"), size=space), spec.SpaceInputAxis(id=spec.AxisId("x"), size=space)],
+              *[spec.SpaceInputAxis(id=spec.AxisId(axis), size=space) for axis in ("y", "x")]],
         test_tensor=spec.FileDescr(source="test_input.npy"), sample_tensor=spec.FileDescr(source="sample_input.tif"),
         data=spec.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=[
@@ -236,7 +236,8 @@ def _description(config, step: int, *, name: str, authors: list[str], license: s
         name=name, description=f"U-Net trained with unet_fast {unet_fast.__version__} ({step} steps) to segment cells",
         authors=[spec.Author(name=author) for author in authors],
         cite=[spec.CiteEntry(text=PAPER[0], doi=spec.Doi(PAPER[1]))],
-        license=license, documentation=spec.FileDescr(source="documentation.md"), covers=[spec.FileDescr(source="cover.png")],
+        license=license, documentation=spec.FileDescr(source="documentation.md"),
+        covers=[spec.FileDescr(source="cover.png")],
         tags=["unet", "segmentation", "2d", "pytorch", "unet_fast", "cells"],
         inputs=[input_tensor], outputs=[output_tensor], weights=weights,
         config=spec.Config(bioimageio=spec.BioimageioConfig(training=training),

@@ -56,11 +56,12 @@ class Job:
 
 
 def segment_large(network: str | Path, image: str | Path, out: str | Path, *, tile: int | None = None,
-                  block: int | None = None, batch_size: int = 4, probability: bool = False, overwrite: bool = False,
+                  block: int | None = None, batch_size: int = 1, probability: bool = False, overwrite: bool = False,
                   resume: bool = False, client=None, threads: int | None = None, progress: bool = False) -> dict:
     """Segments the image at ``image`` (Zarr, OME-Zarr or TIFF) block by block into ``out``
     (NAME.ome.zarr, NAME.zarr or NAME.tif); ``client``: a dask.distributed Client to run the
-    blocks on, ``threads`` torch threads each. Returns a summary: objects per frame, blocks, seconds, pixels per second."""
+    blocks on, ``threads`` torch threads each. Returns a summary: objects per frame, blocks,
+    seconds, pixels per second."""
     begin = time.perf_counter()
     lazy = stores.open_image(image)
     model = load_network(str(network))
@@ -80,7 +81,8 @@ def segment_large(network: str | Path, image: str | Path, out: str | Path, *, ti
          [b for b in blocks if not _record(outputs.state, "pass2", b).exists()], client, progress, "relabel")
     _finish(outputs, job)
     seconds = time.perf_counter() - begin
-    return {"objects": [int(relabelling.table.max(initial=0)) for relabelling in tables], "blocks": len(blocks), "block": block,
+    objects = [int(relabelling.table.max(initial=0)) for relabelling in tables]
+    return {"objects": objects, "blocks": len(blocks), "block": block,
             "tile": tile, "seconds": seconds, "pixels_per_second": math.prod(shape) / seconds}
 
 

@@ -70,8 +70,8 @@ def _predict(args: argparse.Namespace) -> None:
         model = load_exported(args.model)
     else:
         model = load_model(args.checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
-    written = predict_files(model, args.inputs, args.out, tile=args.tile, batch_size=args.batch_size, progress=True,
-                            method=args.instances or "watershed")
+    written = predict_files(model, args.inputs, args.out, tile=args.tile, batch_size=args.batch_size or 4,
+                            progress=True, method=args.instances or "watershed")
     print(f"wrote {len(written)} files to {args.out}")
 
 
@@ -100,7 +100,7 @@ def _predict_blockwise(args: argparse.Namespace) -> None:
                          "foreground (the watershed needs whole objects in memory); leave --instances out")
     with cluster_client(args.scheduler, args.workers) as (client, threads):
         summary = segment_large(args.model or args.checkpoint, args.inputs[0], args.out, tile=args.tile,
-                                block=args.block, batch_size=args.batch_size, probability=args.probabilities,
+                                block=args.block, batch_size=args.batch_size or 1, probability=args.probabilities,
                                 overwrite=args.overwrite, resume=args.resume, client=client, threads=threads,
                                 progress=True)
     objects = sum(summary["objects"])
@@ -287,7 +287,9 @@ def main(argv: list[str] | None = None) -> None:
                               "image-label metadata), NAME.zarr (a plain Zarr array) or NAME.tif (a tiled BigTIFF), "
                               "holding (frames, y, x) uint32 labels")
     predict.add_argument("--tile", type=int, help="input tile side (default: chosen from the image size)")
-    predict.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    predict.add_argument("--batch-size", type=int,
+                         help="tiles per forward pass (default 4; 1 for a large image, block by block: as fast on a "
+                              "CPU, and its peak memory a third lower)")
     _add_instances_option(predict)
     large = predict.add_argument_group("large images (--out NAME.ome.zarr, NAME.zarr or NAME.tif)")
     large.add_argument("--block", type=int, help="block side in pixels, rounded down to a multiple of the tile "
