@@ -118,3 +118,16 @@ def environment(monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run folder of a tiny network (widths 4, 8, 16) trained for two steps: something to
+    export, load and predict with."""
+    from unet_fast.checkpoint import TrainConfig
+    from unet_fast.training import train
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    train(TrainConfig(widths=(4, 8, 16), tile=92, steps=2, synthetic_images=1, synthetic_size=96, val_every=0,
+                      checkpoint_every=0), folder)
+    return folder

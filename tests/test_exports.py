@@ -6,18 +6,14 @@ import torch
 
 import unet_fast
 from unet_fast import exports
-from unet_fast.checkpoint import TrainConfig, load_model
-from unet_fast.training import train
+from unet_fast.checkpoint import load_model
 
 TOLERANCE = 1e-4  # relative to the output's norm
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
-    train(TrainConfig(widths=(4, 8, 16), tile=60, steps=2, synthetic_images=1, synthetic_size=64, val_every=0,
-                      checkpoint_every=0), folder)
-    return folder
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

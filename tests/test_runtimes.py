@@ -4,20 +4,15 @@ import pytest
 import torch
 
 from unet_fast import exports, portable, runtimes
-from unet_fast.checkpoint import TrainConfig
 from unet_fast.geometry import UNetGeometry
 from unet_fast.tiling import predict_tiled
-from unet_fast.training import train
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory):
+def package(tiny_run, tmp_path_factory):
     pytest.importorskip("bioimageio.spec")
-    run = tmp_path_factory.mktemp("run")
-    train(TrainConfig(widths=(4, 8, 16), tile=60, steps=1, synthetic_images=1, synthetic_size=64, val_every=0,
-                      checkpoint_every=0), run)
     out = tmp_path_factory.mktemp("package")
-    exports.export(run, out)
+    exports.export(tiny_run, out)
     return out
 
 

@@ -14,17 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unet_fast import ops
+from unet_fast import ops, portable
 from unet_fast.geometry import UNetGeometry
 
-class Block(nn.Module):
-    """Two valid 3x3 convolutions with a ReLU between them (and after both if ``final_relu``)."""
-
-    def __init__(self, in_ch: int, out_ch: int, final_relu: bool = False):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3)
-        self.final_relu = final_relu
+class Block(portable.Block):
+    """Two valid 3x3 convolutions with a ReLU between them (and after both if ``final_relu``):
+    the plain block's parameters, run by the fused ops."""
 
     def forward(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         """Keeps only x and the output for backward (the first convolution is recomputed)."""
