@@ -3,6 +3,7 @@ pytest-benchmark group (``pytest benchmarks``).
 
 ``pytest benchmarks --quick`` runs the subset each module names in ``QUICK`` (parameter ->
 values kept), one timed round each: a check that the whole suite still runs, not a measurement.
+``--peers`` adds test_peers.py: the forward in onnxruntime, OpenVINO and ncnn beside ours.
 """
 
 import pytest
@@ -16,6 +17,8 @@ _quick = False
 
 def pytest_addoption(parser):
     parser.addoption("--quick", action="store_true", help="run each module's QUICK subset, one round each")
+    parser.addoption("--peers", action="store_true", help="also run test_peers.py: onnxruntime, OpenVINO and ncnn "
+                                                         "beside ours (the [peers] extra)")
 
 
 def pytest_configure(config):
@@ -32,6 +35,10 @@ def _settings_as_the_environment_is_left():
 
 
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--peers"):  # minutes of other engines: only when asked for
+        peers = [item for item in items if item.module.__name__ == "test_peers"]
+        config.hook.pytest_deselected(items=peers)
+        items[:] = [item for item in items if item not in peers]
     if not _quick:
         return
     kept, dropped = [], []

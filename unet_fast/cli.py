@@ -178,6 +178,10 @@ def _bench(args: argparse.Namespace) -> None:
     if not torch.cuda.is_available():
         processes = [bench.training_process(model, args.size, steps=args.steps) for model in ("unet_fast", "reference")]
         print(bench.format_processes(*processes))
+    if args.peers:
+        from unet_fast import peers
+
+        print(peers.format_table(peers.compare(args.size, args.rounds), args.size))
     if args.json:
         bench.write_json(results, args.json, processes, choices)
         print(f"wrote {args.json}")
@@ -352,6 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     bench_parser.add_argument("--steps", type=int, default=3, help="steps of the fresh training processes (default 3)")
     bench_parser.add_argument("--busy-core", action="store_true",
                               help="also time a training step while another process spins on one core")
+    bench_parser.add_argument("--peers", action="store_true",
+                              help="also time the forward in onnxruntime, OpenVINO and ncnn (the [peers] extra), "
+                                   "alternating with ours, and check their outputs agree")
     bench_parser.set_defaults(run=_bench)
 
     tune = commands.add_parser("tune", help="measure the convolution algorithms of a U-Net on this machine")
