@@ -9,6 +9,7 @@ from unet_fast import peers
 def test_every_installed_engine_agrees_with_ours():
     timings = peers.compare(size=188, rounds=1)
     assert timings[0].name == "the post's model, PyTorch eager"
+    assert timings[-1].name == "unet_fast.UNet, bf16 autocast"
     names = [timing.name for timing in timings]
     assert any(name.startswith("onnxruntime") for name in names) and any("OpenVINO" in name for name in names)
     ran = [timing for timing in timings if timing.ms is not None]

@@ -130,7 +130,8 @@ def _ncnn(path: Path, size: int, threads: int) -> Peer:
 def compare(size: int = 572, rounds: int = 5, threads: int | None = None) -> list[PeerTiming]:
     """Each engine's forward of the post's U-Net against ours on one ``size`` image (fp32, batch
     1): medians of ``rounds`` rounds, each running ours and then every engine once, after one
-    warm-up round; the first row is the post's model in PyTorch eager."""
+    warm-up round; the first row is the post's model in PyTorch eager, the last ours under bf16
+    autocast (against the engines' bf16)."""
     threads = threads or torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="unet_fast_peers_") as folder:
         state, onnx_path = export_reference(size, Path(folder))
@@ -142,14 +143,17 @@ def compare(size: int = 572, rounds: int = 5, threads: int | None = None) -> lis
         post.load_state_dict(state)
         image = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(1))
 
-        def in_torch(model):
+        def in_torch(model, bf16=False):
             def run(x: np.ndarray) -> np.ndarray:
-                with torch.no_grad():
-                    return model(torch.from_numpy(x)).numpy()
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    return model(torch.from_numpy(x)).float().numpy()
             return run
 
+        if tuning.measuring():
+            tuning.tune(ours, size, dtype=torch.bfloat16, training=False)
         peers = [Peer("the post's model, PyTorch eager", in_torch(post), FP32_AGREEMENT),
-                 *engines(onnx_path, size, threads)]
+                 *engines(onnx_path, size, threads),
+                 Peer("unet_fast.UNet, bf16 autocast", in_torch(ours, bf16=True), BF16_AGREEMENT)]
         runnable = [peer for peer in peers if peer.run is not None]
         ours_run, x = in_torch(ours), image.numpy()
         expected = ours_run(x)
