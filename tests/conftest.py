@@ -29,6 +29,7 @@ if torch.cuda.is_available():
 else:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from unet_fast import settings  # noqa: E402
@@ -131,3 +132,16 @@ def tiny_run(tmp_path_factory):
     train(TrainConfig(widths=(4, 8, 16), tile=92, steps=2, synthetic_images=1, synthetic_size=96, val_every=0,
                       checkpoint_every=0), folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def large_cells(tmp_path_factory):
+    """(path, array): a 3000 x 2500 uint16 image of cells (a synthetic one tiled), as Zarr."""
+    zarr = pytest.importorskip("zarr")
+    from unet_fast import data
+
+    sample = data.synthetic_cells(500, 500, seed=11)
+    image = np.tile((sample.image.clip(0, 2) * 2000 + 300).astype(np.uint16), (6, 5))
+    path = tmp_path_factory.mktemp("large_cells") / "cells.zarr"
+    zarr.create_array(str(path), shape=image.shape, chunks=(512, 512), dtype=image.dtype)[:] = image
+    return path, image

@@ -62,13 +62,8 @@ def run(tiny_run):
 
 
 @pytest.fixture(scope="module")
-def large_image(tmp_path_factory):
-    """A 3000 x 2500 uint16 image of cells (tiled from synthetic ones), as Zarr."""
-    sample = data.synthetic_cells(500, 500, seed=11)
-    image = np.tile((sample.image.clip(0, 2) * 2000 + 300).astype(np.uint16), (6, 5))
-    path = tmp_path_factory.mktemp("image") / "cells.zarr"
-    zarr.create_array(str(path), shape=image.shape, chunks=(512, 512), dtype=image.dtype)[:] = image
-    return path, image
+def large_image(large_cells):
+    return large_cells
 
 
 def _whole_image_components(run, image):

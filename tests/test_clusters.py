@@ -12,42 +12,37 @@ import pytest
 zarr = pytest.importorskip("zarr")
 pytest.importorskip("distributed")
 
-from unet_fast import blockwise, data, stores  # noqa: E402
-from unet_fast.checkpoint import TrainConfig  # noqa: E402
+from unet_fast import blockwise, stores  # noqa: E402
 from unet_fast.clusters import cluster_client  # noqa: E402
-from unet_fast.training import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tiny_run, large_cells, tmp_path_factory):
+    """The single-process result on the image whose partition test_blockwise.py checks against
+    the whole image's: (folder, image path, labels)."""
     root = tmp_path_factory.mktemp("cluster")
-    train(TrainConfig(widths=(4, 8, 16), tile=92, steps=3, synthetic_images=1, synthetic_size=96, val_every=0,
-                      checkpoint_every=0), root / "run")
-    image = np.tile((data.synthetic_cells(400, 400, seed=4).image.clip(0, 2) * 2000).astype(np.uint16), (5, 4))
-    zarr.create_array(str(root / "image.zarr"), shape=image.shape, chunks=(400, 400), dtype=image.dtype)[:] = image
-    blockwise.segment_large(root / "run", root / "image.zarr", root / "single.zarr", tile=252, block=424,
-                            batch_size=1)
-    return root, zarr.open_array(str(root / "single.zarr"), mode="r")[:]
+    blockwise.segment_large(tiny_run, large_cells[0], root / "single.zarr", tile=252, block=636)
+    return root, large_cells[0], zarr.open_array(str(root / "single.zarr"), mode="r")[:]
 
 
-def test_a_local_cluster_gives_the_single_process_result(setup):
-    root, single = setup
+def test_a_local_cluster_gives_the_single_process_result(tiny_run, setup):
+    root, image, single = setup
     with cluster_client(None, 2) as (client, threads):
         assert len(client.scheduler_info()["workers"]) == 2 and threads >= 1
-        blockwise.segment_large(root / "run", root / "image.zarr", root / "dask.zarr", tile=252, block=424,
-                                batch_size=1, client=client, threads=threads)
+        blockwise.segment_large(tiny_run, image, root / "dask.zarr", tile=252, block=636,
+                                client=client, threads=threads)
     np.testing.assert_array_equal(zarr.open_array(str(root / "dask.zarr"), mode="r")[:], single)
 
 
-def test_a_worker_killed_mid_run_has_its_blocks_recomputed(setup):
-    root, single = setup
+def test_a_worker_killed_mid_run_has_its_blocks_recomputed(tiny_run, setup):
+    root, image, single = setup
     out = root / "killed.zarr"
     with cluster_client(None, 2) as (client, threads):
         errors = []
 
         def segment():
             try:
-                blockwise.segment_large(root / "run", root / "image.zarr", out, tile=252, block=424, batch_size=1,
+                blockwise.segment_large(tiny_run, image, out, tile=252, block=636,
                                         client=client, threads=threads)
             except Exception as error:  # reported below
                 errors.append(error)
