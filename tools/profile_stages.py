@@ -1,0 +1,126 @@
+"""Where the U-Net's time goes on this CPU: the forward and the training step at 572 split by
+stage (the profiler's self time of each op), with the matrix products' achieved rate against
+this machine's measured fp32 peak (the best of many large single-precision GEMMs on all threads, measured after the profiles).
+
+    python tools/profile_stages.py [--size 572] [--rounds 3]
+
+Stages: Winograd GEMMs (``aten::bmm`` inside the 3x3 convolutions), the rest of the 3x3
+convolutions (input, output and weight transforms, packing, bias and ReLU), the up-convolutions'
+GEMMs (``aten::mm``), oneDNN's direct convolutions, pooling, joins, the loss and allocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import unet_fast
+
+STAGES = [  # (stage, op names whose self time it is)
+    ("Winograd GEMMs (batched)", ("aten::bmm",)),
+    ("other GEMMs (up-convolutions, unfolded)", ("aten::mm", "aten::addmm")),
+    ("3x3 convolutions: transforms, packing, bias, ReLU", ("unet_fast::conv3x3_bias_relu",
+                                                         "unet_fast::crop_concat_conv3x3",
+                                                         "unet_fast::conv3x3_bias_relu_backward",
+                                                         "unet_fast::crop_concat_conv3x3_backward")),
+    ("direct convolutions (oneDNN)", ("aten::mkldnn_convolution", "aten::convolution_backward")),
+    ("up-convolutions outside their GEMMs", ("unet_fast::up_conv2x2", "unet_fast::up_conv2x2_backward")),
+    ("pooling", ("unet_fast::max_pool2x2", "unet_fast::max_pool2x2_backward")),
+    ("joins (crop and concatenate)", ("unet_fast::crop_concat", "unet_fast::crop_concat_backward")),
+    ("loss", ("unet_fast::weighted_softmax_cross_entropy", "unet_fast::weighted_softmax_cross_entropy_backward")),
+    ("allocation and zeroing", ("aten::empty", "aten::zeros", "aten::zero_", "aten::fill_", "aten::empty_strided")),
+]
+
+
+def peak_gflops(side: int = 2048, rounds: int = 20) -> float:
+    """The best of ``rounds`` fp32 ``side`` x ``side`` GEMMs, in GFLOP/s (after three warm-ups:
+    the first runs pay for waking the cores and the allocator)."""
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    for _ in range(3):
+        torch.mm(a, b)
+    best = min(_seconds(lambda: torch.mm(a, b)) for _ in range(rounds))
+    return 2 * side**3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _gemm_flops(event) -> float:
+    """Multiply-adds x 2 of a bmm or mm event from its recorded input shapes."""
+    shapes = [s for s in event.input_shapes if s]
+    if event.key == "aten::bmm" and len(shapes) >= 2 and len(shapes[0]) == 3:
+        (batch, m, k), n = shapes[0], shapes[1][2]
+        return 2.0 * batch * m * k * n * event.count
+    if event.key in ("aten::mm", "aten::addmm") and len(shapes) >= 2:
+        first, second = (shapes[1], shapes[2]) if event.key == "aten::addmm" else (shapes[0], shapes[1])
+        if len(first) == 2 and len(second) == 2:
+            return 2.0 * first[0] * first[1] * second[1] * event.count
+    return 0.0
+
+
+def profile(step, rounds: int) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    """(median wall ms, the profiled run's wall ms, ms by stage in it, GEMM GFLOP by stage) of
+    ``step`` after warm-ups (the profiler slows what it watches: shares are of its own run)."""
+    for _ in range(3):
+        step()
+    walls = [_seconds(step) * 1e3 for _ in range(rounds)]
+    with torch.profiler.profile(record_shapes=True) as prof:
+        profiled = _seconds(step) * 1e3
+    events = prof.key_averages(group_by_input_shape=True)
+    times = {name: 0.0 for name, _ in STAGES}
+    flops = {name: 0.0 for name, _ in STAGES}
+    for event in events:
+        for name, ops in STAGES:
+            if event.key in ops:
+                times[name] += event.self_cpu_time_total / 1e3
+                flops[name] += _gemm_flops(event) / 1e9
+    return statistics.median(walls), profiled, times, flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=572)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    model = unet_fast.UNet(paper_block=True)
+    image = torch.randn(1, 1, args.size, args.size)
+    out = model.output_size(args.size)
+    target = torch.randint(0, 2, (1, out, out))
+    weight = torch.rand(1, out, out) * 10
+
+    def forward():
+        with torch.no_grad():
+            model(image)
+
+    def train_step():
+        loss = unet_fast.weighted_softmax_cross_entropy(model(image), target, weight)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    profiles = {label: profile(step, args.rounds) for label, step in (("forward", forward),
+                                                                       ("training step", train_step))}
+    peak = max(peak_gflops(), peak_gflops())  # measured on the warm machine
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 GEMM peak {peak:.0f} GFLOP/s "
+          "(2048x2048 torch.mm, best of 40)")
+    for label, (median, wall, times, flops) in profiles.items():
+        print(f"\n{label} {args.size}x{args.size}: {median:.0f} ms (median of {args.rounds}); {wall:.0f} ms profiled, "
+              "split below")
+        print(f"| stage | ms | share | GFLOP/s | of peak |\n|---|---|---|---|---|")
+        for name, _ in STAGES:
+            if times[name] < 0.05:
+                continue
+            rate = flops[name] / (times[name] / 1e3) if flops[name] else None
+            achieved = f"{rate:.0f} | {rate / peak:.0%}" if rate else "- | -"
+            print(f"| {name} | {times[name]:.0f} | {times[name] / wall:.0%} | {achieved} |")
+        rest = wall - sum(times.values())
+        print(f"| everything else (Python, autograd, other ops) | {rest:.0f} | {rest / wall:.0%} | - | - |")
+
+
+if __name__ == "__main__":
+    main()
