@@ -111,7 +111,7 @@ def main() -> None:
     for label, (median, wall, times, flops) in profiles.items():
         print(f"\n{label} {args.size}x{args.size}: {median:.0f} ms (median of {args.rounds}); {wall:.0f} ms profiled, "
               "split below")
-        print(f"| stage | ms | share | GFLOP/s | of peak |\n|---|---|---|---|---|")
+        print("| stage | ms | share | GFLOP/s | of peak |\n|---|---|---|---|---|")
         for name, _ in STAGES:
             if times[name] < 0.05:
                 continue
