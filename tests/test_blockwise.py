@@ -144,3 +144,22 @@ def test_a_tiff_output_and_a_stack_of_frames(run, tmp_path):
 def test_a_block_smaller_than_the_stride_is_refused(run, large_image, tmp_path):
     with pytest.raises(ValueError, match="--block 100 is smaller than one tile's stride"):
         blockwise.segment_large(run, large_image[0], tmp_path / "x.zarr", tile=252, block=100)
+
+
+def test_the_input_nan_values_and_a_second_run_are_refused(run, large_image, tmp_path):
+    from unet_fast.run_folder import held_lock
+
+    path = large_image[0]
+    with pytest.raises(ValueError, match="would write over or into the input"):
+        blockwise.segment_large(run, path, path, tile=252, overwrite=True)
+    assert stores.open_image(path).dtype == np.uint16  # untouched
+    floats = np.ones((100, 90), np.float32)
+    floats[5, 7] = np.nan
+    zarr.create_array(str(tmp_path / "nan.zarr"), shape=floats.shape, dtype=floats.dtype)[:] = floats
+    with pytest.raises(ValueError, match="nan.zarr holds NaN or infinite values"):
+        blockwise.segment_large(run, tmp_path / "nan.zarr", tmp_path / "labels.zarr", tile=252)
+    out = tmp_path / "busy.zarr"
+    with held_lock(tmp_path / ".busy.zarr.lock", out):
+        with pytest.raises(FileExistsError, match="is in use by another unet-fast run"):
+            blockwise.segment_large(run, path, out, tile=252)
+    assert not out.exists()

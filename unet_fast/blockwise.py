@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from unet_fast import files, stores
+from unet_fast.run_folder import held_lock
 from unet_fast.tiling import default_tile, model_geometry, predict_region, tile_reach, tile_stride
 
 PERCENTILES = (1.0, 99.8)  # as data.normalize_percentiles, which training and predict use
@@ -62,7 +63,19 @@ def segment_large(network: str | Path, image: str | Path, out: str | Path, *, ti
     (NAME.ome.zarr, NAME.zarr or NAME.tif); ``client``: a dask.distributed Client to run the
     blocks on, ``threads`` torch threads each. Returns a summary: objects per frame, blocks,
     seconds, pixels per second."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # beside the store: creating or replacing the store empties its folder
+    with held_lock(out.with_name(f".{out.name}.lock"), out):
+        return _segment_large(network, image, out, tile=tile, block=block, batch_size=batch_size,
+                              probability=probability, overwrite=overwrite, resume=resume, client=client,
+                              threads=threads, progress=progress)
+
+
+def _segment_large(network, image, out, *, tile, block, batch_size, probability, overwrite, resume, client, threads,
+                   progress) -> dict:
     begin = time.perf_counter()
+    stores.refuse_overlap(image, out)
     lazy = stores.open_image(image)
     model = load_network(str(network))
     geometry = model_geometry(model)
@@ -151,7 +164,7 @@ def segment_block(job: Job, block: tuple[int, int, int]) -> None:
     box = (top, left, min(job.block, height - top), min(job.block, width - left))
     rows, cols = tile_reach(model_geometry(model), job.tile, (height, width), box)
     low, high = job.ranges[frame]
-    pixels = lazy.read(frame, rows, cols).astype(np.float32)
+    pixels = _finite(lazy.read(frame, rows, cols).astype(np.float32), lazy, frame)
     region = torch.from_numpy(((pixels - low) / max(high - low, 1e-6)).astype(np.float32))[None]
 
     def read(row_indices: torch.Tensor, col_indices: torch.Tensor) -> torch.Tensor:
@@ -269,12 +282,22 @@ def frame_range(lazy: stores.LazyImage, frame: int, block: int = BLOCK) -> tuple
             counts += np.bincount(values, minlength=len(counts))
         return _percentiles_of_histogram(counts, lowest)
     if lazy.height * lazy.width <= EXACT_PIXELS:
-        whole = np.concatenate([lazy.read(frame, r, c).astype(np.float32).ravel() for r, c in windows])
+        whole = _finite(np.concatenate([lazy.read(frame, r, c).astype(np.float32).ravel() for r, c in windows]),
+                        lazy, frame)
         return tuple(float(v) for v in np.percentile(whole, PERCENTILES))
     step = math.ceil(math.sqrt(lazy.height * lazy.width / EXACT_PIXELS))
-    sample = np.concatenate([lazy.read(frame, r, c)[-r.start % step::step, -c.start % step::step].astype(np.float32)
-                             .ravel() for r, c in windows])
+    sample = _finite(np.concatenate([lazy.read(frame, r, c)[-r.start % step::step, -c.start % step::step]
+                                     .astype(np.float32).ravel() for r, c in windows]), lazy, frame)
     return tuple(float(v) for v in np.percentile(sample, PERCENTILES))
+
+
+def _finite(pixels: np.ndarray, lazy: stores.LazyImage, frame: int) -> np.ndarray:
+    """``pixels``, refused if any is NaN or infinite (the frame's normalisation, and with it
+    every object, would be lost)."""
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"{lazy.source} holds NaN or infinite values (frame {frame}): replace them before "
+                         "segmenting")
+    return pixels
 
 
 def _percentiles_of_histogram(counts: np.ndarray, lowest: int) -> tuple[float, float]:

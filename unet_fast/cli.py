@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> None:
                               "holding (frames, y, x) uint32 labels")
     predict.add_argument("--tile", type=int, help="input tile side (default: chosen from the image size)")
     predict.add_argument("--batch-size", type=int,
-                         help="tiles per forward pass (default 4; 1 for a large image, block by block: as fast on a "
-                              "CPU, and its peak memory a third lower)")
+                         help="tiles per forward pass (default 4; 1 for a large image, block by block: a third less "
+                              "peak memory, and as fast on the CPU measured in docs/large_images.md)")
     _add_instances_option(predict)
     large = predict.add_argument_group("large images (--out NAME.ome.zarr, NAME.zarr or NAME.tif)")
     large.add_argument("--block", type=int, help="block side in pixels, rounded down to a multiple of the tile "

@@ -28,19 +28,30 @@ def locked_run_folder(path: str | Path, written: tuple[str, ...]) -> Iterator[Pa
         raise NotADirectoryError(f"--out {folder} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise PermissionError(f"cannot write into --out {folder}: {error.strerror}") from error
+    with held_lock(folder / LOCK_NAME, folder):
+        _remove_stale_temporaries(folder, written)
+        yield folder
+
+
+@contextlib.contextmanager
+def held_lock(lock: Path, out: Path) -> Iterator[None]:
+    """Holds ``lock`` (a file naming the holding process) for the block; FileExistsError if
+    another run holds it, naming that run's ``--out`` and process."""
+    try:
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise PermissionError(f"cannot write into --out {out}: {error.strerror}") from error
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(handle, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise FileExistsError(f"--out {folder} is in use by another unet-fast run (process {holder})") from None
+            raise FileExistsError(f"--out {out} is in use by another unet-fast run (process {holder})") from None
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
-        _remove_stale_temporaries(folder, written)
-        yield folder
+        yield
     finally:
         os.close(handle)  # releases the lock
 

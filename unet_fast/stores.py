@@ -152,6 +152,13 @@ class Outputs:
 STATE = ".unet_fast_blocks"  # inside the output store (beside a TIFF: NAME.tif.unet_fast_blocks)
 
 
+def refuse_overlap(image: str | Path, out: str | Path) -> None:
+    """An output that is the input, holds it or lies inside it would destroy it when written."""
+    image, out = Path(image).resolve(), Path(out).resolve()
+    if image == out or out in image.parents or image in out.parents:
+        raise ValueError(f"--out {out} would write over or into the input {image}: choose another path")
+
+
 def output_kind(path: str | Path) -> str:
     name = str(path).lower().rstrip("/")
     if name.endswith(".ome.zarr"):
