@@ -24,7 +24,7 @@ from unet_fast import data, exports, files, instances, portable
 from unet_fast.tiling import mirror_window
 from unet_fast.training import SYNTHETIC as STYLES
 
-PERCENTILES = (1.0, 99.8)  # those of data.normalize_percentiles' defaults, which training uses
+PERCENTILES = data.PERCENTILES
 COVER_HEIGHT = 256
 PAPER = ("Ronneberger, O., Fischer, P., Brox, T. U-Net: Convolutional Networks for Biomedical Image "
          "Segmentation. MICCAI 2015, LNCS 9351, 234-241", "10.1007/978-3-319-24574-4_28")
@@ -36,7 +36,7 @@ def write_package(checkpoint: dict, model: portable.UNet, out: Path, *, name: st
     """Writes the package of ``checkpoint`` (as loaded) into the folder ``out``; ``model`` is its
     network in plain PyTorch. ``sample``: an image whose centre becomes the test input (default:
     an image of the training data). Returns the files written, ``rdf.yaml`` last."""
-    exports._require("bioimageio.spec", "onnx", "onnxscript")
+    exports.require_extra("bioimageio.spec", "onnx", "onnxscript")
     config = checkpoint["config"]
     geometry = config.geometry
     raw = _test_input(config, sample)

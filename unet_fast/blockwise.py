@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unet_fast import files, stores
+from unet_fast import data, files, stores
 from unet_fast.run_folder import held_lock
 from unet_fast.tiling import default_tile, model_geometry, predict_region, tile_reach, tile_stride
 
-PERCENTILES = (1.0, 99.8)  # as data.normalize_percentiles, which training and predict use
+PERCENTILES = data.PERCENTILES
 EXACT_PIXELS = 1 << 24  # frames up to this size get exact percentiles whatever their dtype
 BLOCK = 2048  # default block side, rounded down to a multiple of the tile stride
 

@@ -43,7 +43,10 @@ _CROWDS = {"fluorescence": _CELLS, "phase": _CELLS, "nuclei": _Crowd((6.0, 11.0)
 SYNTHETIC_STYLES = tuple(_CROWDS)
 
 
-def normalize_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+PERCENTILES = (1.0, 99.8)  # mapped to 0 and 1 by normalize_percentiles, in training and prediction
+
+
+def normalize_percentiles(image: np.ndarray, low: float = PERCENTILES[0], high: float = PERCENTILES[1]) -> np.ndarray:
     """Maps the ``low`` and ``high`` intensity percentiles to 0 and 1 (float32, not clipped):
     robust to hot pixels and to the 8/16-bit range a microscope happened to use."""
     lo, hi = np.percentile(image, (low, high))

@@ -101,7 +101,7 @@ def export(checkpoint: str | Path, out: str | Path, format: str = "bioimageio", 
     if format == "torchscript":
         return [to_torchscript(model, out / WRITES["torchscript"])]
     if format == "onnx":
-        _require("onnx", "onnxscript")
+        require_extra("onnx", "onnxscript")
         return [to_onnx(model, config.geometry, out / WRITES["onnx"])]
     from unet_fast import bioimage_package
 
@@ -119,7 +119,7 @@ def _empty_folder(out: Path, force: bool) -> Path:
     return out
 
 
-def _require(*modules: str) -> None:
+def require_extra(*modules: str) -> None:
     """Raises a clear error naming the extra that installs a missing optional dependency."""
     import importlib.util
 
