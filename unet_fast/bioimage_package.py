@@ -106,7 +106,7 @@ def _write_state_dict(model: torch.nn.Module, path: Path) -> Path:
 def _write_cover(image: np.ndarray, logits: np.ndarray, path: Path) -> Path:
     """Input (the output's field of view) and the segmented cells side by side, enlarged to at
     least COVER_HEIGHT pixels."""
-    labels = instances.from_foreground(logits.argmax(0), "watershed")
+    labels = instances.from_probability(instances.foreground_probability(logits), "watershed")
     grey = np.repeat((np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
     picture = np.concatenate([grey, files.overlay(image, labels)], axis=1)
     factor = math.ceil(COVER_HEIGHT / picture.shape[0])

@@ -1,6 +1,6 @@
-"""Segmenting images with a trained U-Net: overlap-tile logits, foreground by argmax, cells
-from the foreground (unet_fast.instances: the parting lines the weight map taught the network
-keep touching cells apart, and a watershed splits those whose line it missed)."""
+"""Segmenting images with a trained U-Net: overlap-tile logits, the foreground's probability,
+cells from it (unet_fast.instances: the parting lines the weight map taught the network keep
+touching cells apart, and a watershed splits those whose line it missed)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def segment(model: torch.nn.Module, image: np.ndarray, *, tile: int | None = Non
     instances.METHODS."""
     if method not in instances.METHODS:
         raise ValueError(f"instances must be one of {', '.join(instances.METHODS)}, got {method!r}")
-    foreground = predict_tiled(model, image, tile=tile, batch_size=batch_size, progress=progress).argmax(0)
-    return instances.from_foreground(foreground.numpy(), method)
+    logits = predict_tiled(model, image, tile=tile, batch_size=batch_size, progress=progress)
+    return instances.from_probability(instances.foreground_probability(logits), method)
 
 
 def image_paths(inputs: list[str | Path]) -> list[Path]:

@@ -187,8 +187,9 @@ def validate(model: torch.nn.Module, samples: list[data.Sample], tile: int) -> d
     model.eval()
     scores = []
     for sample in samples:
-        foreground = predict_tiled(model, sample.image, tile=tile).argmax(0).numpy()
-        cells = instances.watershed(foreground)
+        probability = instances.foreground_probability(predict_tiled(model, sample.image, tile=tile))
+        foreground = probability > 0.5
+        cells = instances.from_probability(probability, "watershed")
         scores.append((metrics.iou(foreground, sample.labels), metrics.dice(foreground, sample.labels),
                        metrics.average_precision(cells, sample.labels, (0.5,))[0.5]))
     model.train(was_training)
