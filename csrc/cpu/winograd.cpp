@@ -30,6 +30,8 @@ namespace {
 constexpr int64_t kBudgetBytes = 8 << 20;
 constexpr int64_t kBf16BudgetBytes = 16 << 20;
 constexpr int64_t kMinPieceTiles = 32;
+// The transformed tiles and products of all threads' chunk where the weights are larger.
+constexpr int64_t kByPointBudgetBytes = 32 << 20;
 // The transformed weights of a forward or data gradient, and a weight gradient's
 // transform-domain sums, are made a slice of output channels at a time within these: the wide
 // layers' are larger than the weights (F(6x6), 1024 -> 1024: 256 MiB against 36), and at 572
@@ -405,48 +407,113 @@ std::vector<at::Tensor> piece_buffers(const at::Tensor& like, int64_t threads, i
   return each;
 }
 
+// Writes the m x m output blocks of tiles first .. first + count from their products M (points
+// point_stride apart, tile t's at m + t * c_out): A^T M A + bias, then the ReLU if `relu`.
+template <class W, typename T, typename G>
+void transform_output_tiles(const G* m, int64_t point_stride, const TileGrid& grid, int64_t first, int64_t count,
+                            const Acc<T>* bias, bool relu, Acc<T>* scratch, T* spare, at::Tensor& out) {
+  constexpr int kOut = W::kOut;
+  const int64_t c_out = out.size(1);
+  const int64_t image_stride = out.stride(0), row_stride = out.stride(2), pixel_stride = out.stride(3);
+  T* output = out.mutable_data_ptr<T>();
+  T* out_rows[kOut];
+  for (int64_t t = 0; t < count; ++t) {
+    const TilePosition pos = grid.position(first + t);
+    for (int p = 0; p < kOut; ++p) {  // rows below the output go to `spare`
+      const int64_t y = pos.y + p;
+      out_rows[p] = y < grid.out_h ? output + pos.image * image_stride + y * row_stride + pos.x * pixel_stride : spare;
+    }
+    const int columns = int(std::min<int64_t>(kOut, grid.out_w - pos.x));
+    output_transform<W, T, G>(m + t * c_out, point_stride, c_out, bias, relu, scratch, out_rows, pixel_stride,
+                              columns);
+  }
+}
+
 // out = the convolution of x, zero-padded by `pad` on every side, with the transformed weights
 // (plus bias, then the ReLU if `relu`): x and out in T, the transformed tiles, the weights and
 // the GEMM in G (T, or float for bf16 computed in fp32). One parallel region: each thread takes
-// pieces of tiles and transforms, multiplies and transforms back its own.
+// pieces of tiles and transforms, multiplies and transforms back its own. Each piece's GEMMs
+// read all the transformed weights, which is cheap while they are small.
 template <class W, typename T, typename G>
-void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
-                    bool relu, at::Tensor& out) {
+void winograd_by_piece(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
+                       bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
-  const int64_t c_in = x.size(1), c_out = out.size(1), out_h = out.size(2), out_w = out.size(3);
-  const TileGrid grid(kOut, x.size(0), out_h, out_w);
+  const int64_t c_in = x.size(1), c_out = out.size(1);
+  const TileGrid grid(kOut, x.size(0), out.size(2), out.size(3));
   const int64_t per_piece = grid.piece(kPoints, c_in + c_out, sizeof(G));
   const int64_t pieces = (grid.tiles() + per_piece - 1) / per_piece, threads = worker_threads(pieces);
   const std::vector<at::Tensor> u_buffers = piece_buffers<G>(x, threads, kPoints * per_piece * c_in);
   const std::vector<at::Tensor> m_buffers = piece_buffers<G>(x, threads, kPoints * per_piece * c_out);
   const Acc<T>* bias = bias_values.const_data_ptr<Acc<T>>();
-  T* output = out.mutable_data_ptr<T>();
-  const int64_t image_stride = out.stride(0), row_stride = out.stride(2), pixel_stride = out.stride(3);
 
   for_each_piece(pieces, threads, [&](int64_t thread) {
     auto scratch = std::make_shared<TileScratch<T>>(std::max(kPoints * c_in, kTile * kOut * c_out), c_in);
-    auto spare = std::make_shared<std::vector<T>>(kOut * pixel_stride);  // rows below the output go here
+    auto spare = std::make_shared<std::vector<T>>(kOut * out.stride(3));
     return [&, thread, scratch, spare](int64_t piece) {
       const int64_t first = piece * per_piece, count = std::min(per_piece, grid.tiles() - first);
       at::Tensor u = u_buffers[thread].narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
       at::Tensor m = m_buffers[thread].narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
       transform_input_tiles<W, T, G>(x, pad, grid, first, count, u.mutable_data_ptr<G>(), *scratch, count * c_in);
       at::bmm_out(m, u, weight_t);  // one thread's: inside a parallel region ATen runs it serially
-      const G* m_data = m.const_data_ptr<G>();
-      T* out_rows[kOut];
-      for (int64_t t = 0; t < count; ++t) {
-        const TilePosition pos = grid.position(first + t);
-        for (int p = 0; p < kOut; ++p) {
-          const int64_t y = pos.y + p;
-          out_rows[p] = y < out_h ? output + pos.image * image_stride + y * row_stride + pos.x * pixel_stride
-                                  : spare->data();
-        }
-        const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
-        output_transform<W, T, G>(m_data + t * c_out, count * c_out, c_out, bias, relu, scratch->values.data(),
-                                  out_rows, pixel_stride, columns);
-      }
+      transform_output_tiles<W, T, G>(m.const_data_ptr<G>(), count * c_out, grid, first, count, bias, relu,
+                                      scratch->values.data(), spare->data(), out);
     };
   });
+}
+
+// The same convolution for transformed weights too large to stay in cache (over kBudgetBytes):
+// all threads share chunks of tiles within kByPointBudgetBytes, and each chunk's products are
+// made point by point, so that each point's weights are read once a chunk, not once a piece of
+// each thread. Three parallel regions a chunk: input transforms, products, output transforms.
+template <class W, typename T, typename G>
+void winograd_by_point(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
+                       bool relu, at::Tensor& out) {
+  constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
+  const int64_t c_in = x.size(1), c_out = out.size(1);
+  const TileGrid grid(kOut, x.size(0), out.size(2), out.size(3));
+  const int64_t chunk =
+      std::clamp<int64_t>(kByPointBudgetBytes / (kPoints * (c_in + c_out) * int64_t(sizeof(G))), 1, grid.tiles());
+  const auto options = x.options().dtype(c10::CppTypeToScalarType<G>::value);
+  const at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, options);
+  const at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, options);
+  const Acc<T>* bias = bias_values.const_data_ptr<Acc<T>>();
+  const int64_t scratch_values = std::max(kPoints * c_in, kTile * kOut * c_out);
+
+  for (int64_t first = 0; first < grid.tiles(); first += chunk) {
+    const int64_t count = std::min(chunk, grid.tiles() - first);
+    at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
+    at::Tensor m = m_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
+    G* u_data = u.mutable_data_ptr<G>();
+    const G* m_data = m.const_data_ptr<G>();
+    parallel_pieces(0, count, 1, [&](int64_t begin, int64_t end) {
+      TileScratch<T> scratch(scratch_values, c_in);
+      transform_input_tiles<W, T, G>(x, pad, grid, first + begin, end - begin, u_data + begin * c_in, scratch,
+                                     count * c_in);
+    });
+    for_each_piece(kPoints, worker_threads(kPoints), [&](int64_t) {
+      return [&](int64_t point) {
+        at::Tensor products = m[point];
+        at::mm_out(products, u[point], weight_t[point]);
+      };
+    });
+    parallel_pieces(0, count, 1, [&](int64_t begin, int64_t end) {
+      std::vector<Acc<T>> scratch(scratch_values);
+      std::vector<T> spare(kOut * out.stride(3));
+      transform_output_tiles<W, T, G>(m_data + begin * c_out, count * c_out, grid, first + begin, end - begin, bias,
+                                      relu, scratch.data(), spare.data(), out);
+    });
+  }
+}
+
+template <class W, typename T, typename G>
+void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
+                    bool relu, at::Tensor& out) {
+  const int64_t weight_bytes = weight_t.numel() * int64_t(sizeof(G));
+  if (weight_bytes > kBudgetBytes) {
+    winograd_by_point<W, T, G>(x, pad, weight_t, bias_values, relu, out);
+  } else {
+    winograd_by_piece<W, T, G>(x, pad, weight_t, bias_values, relu, out);
+  }
 }
 
 // grad_weight_t[point] = sum over tiles of (A dY A^T)^T (B^T d B): the weight gradient in the
