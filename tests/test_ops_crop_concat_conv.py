@@ -135,3 +135,30 @@ def test_the_joined_tensor_is_not_kept_for_backward(backend, device):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
         crop_concat_conv3x3(up, skip, weight.requires_grad_(), bias, backend=backend)
     assert saved and all(len(shape) != 4 or shape[1] != joined_channels or shape[0] != up.shape[0] for shape in saved)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4", "winograd6"])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("up_shape,skip_shape", SHAPES + [((2, 40, 17, 19), (2, 24, 30, 24))])
+def test_winograd_reads_up_and_the_skip_window_where_they_lie(algorithm, dtype, tolerance, up_shape, skip_shape):
+    # the CPU forward by Winograd joins the channels in its input transform, never building the join
+    up, skip, weight, bias = make(up_shape, skip_shape, c_out=5, dtype=dtype)
+    out = torch.ops.unet_fast.crop_concat_conv3x3(up, skip, weight, bias, True, algorithm)
+    want = expected(up, skip, weight, bias)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    assert (out.double() - want).norm() <= tolerance * want.norm()
+
+
+def test_winograd_join_keeps_nan_and_falls_back_where_it_does_not_apply():
+    up, skip, weight, bias = make((1, 3, 8, 8), (1, 2, 13, 12), dtype=torch.float32)
+    poisoned = skip.clone()
+    poisoned[0, 1, 6, 6] = float("nan")  # inside the window: every output that reads it is NaN
+    out = torch.ops.unet_fast.crop_concat_conv3x3(up, poisoned, weight, bias, False, "winograd4")
+    assert out[expected(up, poisoned, weight, bias, relu=False).isnan()].isnan().all()
+    bf16 = [t.bfloat16() for t in (up, skip, weight, bias)]  # bf16 takes the composite
+    torch.testing.assert_close(torch.ops.unet_fast.crop_concat_conv3x3(*bf16, True, "winograd2").double(),
+                               expected(*bf16), **TOL[torch.bfloat16])
+    with pytest.raises(RuntimeError, match="crop_concat: batch sizes differ"):
+        torch.ops.unet_fast.crop_concat_conv3x3(up, skip.expand(2, -1, -1, -1), weight, bias, True, "winograd4")
+    with pytest.raises(RuntimeError, match="weight takes 5 input channels, x has 6"):
+        torch.ops.unet_fast.crop_concat_conv3x3(up, torch.cat([skip, skip[:, :1]], 1), weight, bias, True, "winograd4")

@@ -371,29 +371,41 @@ struct TileScratch {
   TileScratch(int64_t values_count, int64_t zeros_count) : values(values_count), zeros(zeros_count, T(0)) {}
 };
 
-// u[point][t][c] = (B^T d B) for tiles first .. first + count of the input x (channels
-// innermost), zero-padded by `pad`; d is the tile's window of x, starting `pad` before its
-// output block.
-// Points lie point_stride apart in u (count x channels where u holds just these tiles).
+// The channels of all sources together: the input is their join along the channels.
+int64_t joined_channels(at::TensorList sources) {
+  int64_t channels = 0;
+  for (const at::Tensor& source : sources) channels += source.size(1);
+  return channels;
+}
+
+// u[point][t][c] = (B^T d B) for tiles first .. first + count of the input: the join along the
+// channels of `sources` (channels innermost, of one batch, height and width; the crop-and-
+// concatenate's upsampled tensor and skip window, read where they lie), zero-padded by `pad`;
+// d is the tile's window of the input, starting `pad` before its output block. Points lie
+// point_stride apart in u (count x channels where u holds just these tiles).
 template <class W, typename T, typename G>
-void transform_input_tiles(const at::Tensor& x, int64_t pad, const TileGrid& grid, int64_t first, int64_t count, G* u,
-                           TileScratch<T>& scratch, int64_t point_stride) {
+void transform_input_tiles(at::TensorList sources, int64_t pad, const TileGrid& grid, int64_t first, int64_t count,
+                           G* u, TileScratch<T>& scratch, int64_t point_stride) {
   constexpr int kTile = W::kTile, kPoints = kTile * kTile;
-  const int64_t channels = x.size(1), height = x.size(2), width = x.size(3);
-  const int64_t image_stride = x.stride(0), row_stride = x.stride(2), pixel_stride = x.stride(3);
-  const T* input = x.const_data_ptr<T>();
+  const int64_t channels = joined_channels(sources), height = sources[0].size(2), width = sources[0].size(3);
   const T* rows[kPoints];
   for (int64_t t = 0; t < count; ++t) {
     const TilePosition pos = grid.position(first + t);
-    for (int a = 0; a < kTile; ++a) {
-      for (int b = 0; b < kTile; ++b) {
-        const int64_t y = pos.y + a - pad, x = pos.x + b - pad;
-        const bool inside = y >= 0 && y < height && x >= 0 && x < width;
-        rows[a * kTile + b] =
-            inside ? input + pos.image * image_stride + y * row_stride + x * pixel_stride : scratch.zeros.data();
+    int64_t offset = 0;  // of this source's channels in the join
+    for (const at::Tensor& x : sources) {
+      const int64_t image_stride = x.stride(0), row_stride = x.stride(2), pixel_stride = x.stride(3);
+      const T* input = x.const_data_ptr<T>();
+      for (int a = 0; a < kTile; ++a) {
+        for (int b = 0; b < kTile; ++b) {
+          const int64_t y = pos.y + a - pad, x = pos.x + b - pad;
+          const bool inside = y >= 0 && y < height && x >= 0 && x < width;
+          rows[a * kTile + b] =
+              inside ? input + pos.image * image_stride + y * row_stride + x * pixel_stride : scratch.zeros.data();
+        }
       }
+      input_transform<W, T, G>(rows, x.size(1), scratch.values.data(), u + t * channels + offset, point_stride);
+      offset += x.size(1);
     }
-    input_transform<W, T, G>(rows, channels, scratch.values.data(), u + t * channels, point_stride);
   }
 }
 
@@ -435,15 +447,15 @@ void transform_output_tiles(const G* m, int64_t point_stride, const TileGrid& gr
 // pieces of tiles and transforms, multiplies and transforms back its own. Each piece's GEMMs
 // read all the transformed weights, which is cheap while they are small.
 template <class W, typename T, typename G>
-void winograd_by_piece(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
+void winograd_by_piece(at::TensorList x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
                        bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
-  const int64_t c_in = x.size(1), c_out = out.size(1);
-  const TileGrid grid(kOut, x.size(0), out.size(2), out.size(3));
+  const int64_t c_in = joined_channels(x), c_out = out.size(1);
+  const TileGrid grid(kOut, x[0].size(0), out.size(2), out.size(3));
   const int64_t per_piece = grid.piece(kPoints, c_in + c_out, sizeof(G));
   const int64_t pieces = (grid.tiles() + per_piece - 1) / per_piece, threads = worker_threads(pieces);
-  const std::vector<at::Tensor> u_buffers = piece_buffers<G>(x, threads, kPoints * per_piece * c_in);
-  const std::vector<at::Tensor> m_buffers = piece_buffers<G>(x, threads, kPoints * per_piece * c_out);
+  const std::vector<at::Tensor> u_buffers = piece_buffers<G>(out, threads, kPoints * per_piece * c_in);
+  const std::vector<at::Tensor> m_buffers = piece_buffers<G>(out, threads, kPoints * per_piece * c_out);
   const Acc<T>* bias = bias_values.const_data_ptr<Acc<T>>();
 
   for_each_piece(pieces, threads, [&](int64_t thread) {
@@ -466,14 +478,14 @@ void winograd_by_piece(const at::Tensor& x, int64_t pad, const at::Tensor& weigh
 // made point by point, so that each point's weights are read once a chunk, not once a piece of
 // each thread. Three parallel regions a chunk: input transforms, products, output transforms.
 template <class W, typename T, typename G>
-void winograd_by_point(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
+void winograd_by_point(at::TensorList x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
                        bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
-  const int64_t c_in = x.size(1), c_out = out.size(1);
-  const TileGrid grid(kOut, x.size(0), out.size(2), out.size(3));
+  const int64_t c_in = joined_channels(x), c_out = out.size(1);
+  const TileGrid grid(kOut, x[0].size(0), out.size(2), out.size(3));
   const int64_t chunk =
       std::clamp<int64_t>(kByPointBudgetBytes / (kPoints * (c_in + c_out) * int64_t(sizeof(G))), 1, grid.tiles());
-  const auto options = x.options().dtype(c10::CppTypeToScalarType<G>::value);
+  const auto options = out.options().dtype(c10::CppTypeToScalarType<G>::value);
   const at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, options);
   const at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, options);
   const Acc<T>* bias = bias_values.const_data_ptr<Acc<T>>();
@@ -506,7 +518,7 @@ void winograd_by_point(const at::Tensor& x, int64_t pad, const at::Tensor& weigh
 }
 
 template <class W, typename T, typename G>
-void winograd_typed(const at::Tensor& x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
+void winograd_typed(at::TensorList x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
                     bool relu, at::Tensor& out) {
   const int64_t weight_bytes = weight_t.numel() * int64_t(sizeof(G));
   if (weight_bytes > kBudgetBytes) {
@@ -596,13 +608,13 @@ int64_t channels_a_slice(int64_t budget, int64_t points, int64_t channels, int64
 // dim `out_dim` of it (0; 1 for the data gradient's weights, turned), a slice of output
 // channels at a time: each slice's weights transformed, then all tiles swept.
 template <class W>
-void winograd_in_slices(const at::Tensor& x, int64_t pad, const at::Tensor& weight, int64_t out_dim,
+void winograd_in_slices(at::TensorList x, int64_t pad, const at::Tensor& weight, int64_t out_dim,
                         const at::Tensor& bias_values, bool relu, bool float_gemm, at::Tensor& out) {
   constexpr int kPoints = W::kTile * W::kTile;
   const int64_t channels = out.size(1);
   const auto gemm_type = float_gemm ? at::kFloat : weight.scalar_type();
   const int64_t slice =
-      channels_a_slice(kWeightsBudgetBytes, kPoints, channels, x.size(1), int64_t(c10::elementSize(gemm_type)));
+      channels_a_slice(kWeightsBudgetBytes, kPoints, channels, joined_channels(x), int64_t(c10::elementSize(gemm_type)));
   for (int64_t first = 0; first < channels; first += slice) {
     const int64_t count = std::min(slice, channels - first);
     const at::Tensor part = weight.narrow(out_dim, first, count);
@@ -610,7 +622,7 @@ void winograd_in_slices(const at::Tensor& x, int64_t pad, const at::Tensor& weig
     const at::Tensor weight_t = out_dim == 0 ? transform_weight<W>(part, false, float_gemm).transpose(1, 2)
                                              : transform_weight<W>(part, true, float_gemm);
     at::Tensor out_slice = out.narrow(1, first, count);
-    with_types(x.scalar_type(), float_gemm, "winograd_conv3x3", [&](auto storage, auto gemm) {
+    with_types(x[0].scalar_type(), float_gemm, "winograd_conv3x3", [&](auto storage, auto gemm) {
       winograd_typed<W, decltype(storage), decltype(gemm)>(x, pad, weight_t, bias_values.narrow(0, first, count),
                                                            relu, out_slice);
     });
@@ -618,13 +630,14 @@ void winograd_in_slices(const at::Tensor& x, int64_t pad, const at::Tensor& weig
 }
 
 template <class W>
-at::Tensor forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
+at::Tensor forward(at::TensorList sources, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
                    bool float_gemm) {
-  const at::Tensor x = with_channels_innermost(x_in);
+  std::vector<at::Tensor> x;
+  for (const at::Tensor& source : sources) x.push_back(with_channels_innermost(source));
   const int64_t c_out = weight.size(0);
-  at::Tensor out = at::empty({x.size(0), c_out, x.size(2) - 2, x.size(3) - 2},
-                             x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const auto options = acc_options(x);
+  at::Tensor out = at::empty({x[0].size(0), c_out, x[0].size(2) - 2, x[0].size(3) - 2},
+                             x[0].options().memory_format(at::MemoryFormat::ChannelsLast));
+  const auto options = acc_options(x[0]);
   const at::Tensor bias_values = bias ? bias->to(options.dtype()).contiguous() : at::zeros({c_out}, options);
   winograd_in_slices<W>(x, 0, weight, 0, bias_values, relu, float_gemm, out);
   return out;
@@ -704,8 +717,14 @@ at::Tensor with_block(int block, Fn&& fn) {
 
 }  // namespace
 
-at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+at::Tensor winograd_conv3x3(at::TensorList x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             bool relu, int block, bool float_gemm) {
+  TORCH_CHECK(!x.empty(), "winograd_conv3x3: no input");
+  for (const at::Tensor& source : x) {
+    TORCH_CHECK(source.dim() == 4 && source.size(0) == x[0].size(0) && source.size(2) == x[0].size(2) &&
+                    source.size(3) == x[0].size(3) && source.scalar_type() == x[0].scalar_type(),
+                "winograd_conv3x3: the sources joined along the channels need one batch, height, width and dtype");
+  }
   return with_block(block, [&](auto w) { return forward<decltype(w)>(x, weight, bias, relu, float_gemm); });
 }
 

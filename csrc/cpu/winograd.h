@@ -17,8 +17,10 @@ namespace unet_fast {
 
 // relu(conv3x3(x, weight) + bias) (the ReLU if `relu`), channels_last, computed tile by tile
 // in the Winograd domain of F(block x block, 3x3) with at most a fixed budget of transform
-// buffers.
-at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+// buffers. x is one tensor, or several of one batch, height and width whose channels the
+// convolution takes joined in order (crop_concat_conv3x3's up and skip window, never copied
+// into a join).
+at::Tensor winograd_conv3x3(at::TensorList x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             bool relu, int block, bool float_gemm = false);
 
 // The gradient of conv3x3(x, weight) with respect to x, given the output's gradient `grad`:
