@@ -409,6 +409,11 @@ void transform_input_tiles(at::TensorList sources, int64_t pad, const TileGrid& 
   }
 }
 
+// The first points x count x channels values of a transform buffer, as (points, count, channels).
+at::Tensor point_major(const at::Tensor& buffer, int64_t points, int64_t count, int64_t channels) {
+  return buffer.narrow(0, 0, points * count * channels).view({points, count, channels});
+}
+
 // Each thread's transform buffers of one piece of work: `threads` x points x tiles a piece x
 // channels, in the GEMM's type.
 template <typename G>
@@ -463,8 +468,8 @@ void winograd_by_piece(at::TensorList x, int64_t pad, const at::Tensor& weight_t
     auto spare = std::make_shared<std::vector<T>>(kOut * out.stride(3));
     return [&, thread, scratch, spare](int64_t piece) {
       const int64_t first = piece * per_piece, count = std::min(per_piece, grid.tiles() - first);
-      at::Tensor u = u_buffers[thread].narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
-      at::Tensor m = m_buffers[thread].narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
+      at::Tensor u = point_major(u_buffers[thread], kPoints, count, c_in);
+      at::Tensor m = point_major(m_buffers[thread], kPoints, count, c_out);
       transform_input_tiles<W, T, G>(x, pad, grid, first, count, u.mutable_data_ptr<G>(), *scratch, count * c_in);
       at::bmm_out(m, u, weight_t);  // one thread's: inside a parallel region ATen runs it serially
       transform_output_tiles<W, T, G>(m.const_data_ptr<G>(), count * c_out, grid, first, count, bias, relu,
@@ -493,8 +498,8 @@ void winograd_by_point(at::TensorList x, int64_t pad, const at::Tensor& weight_t
 
   for (int64_t first = 0; first < grid.tiles(); first += chunk) {
     const int64_t count = std::min(chunk, grid.tiles() - first);
-    at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
-    at::Tensor m = m_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
+    at::Tensor u = point_major(u_buffer, kPoints, count, c_in);
+    at::Tensor m = point_major(m_buffer, kPoints, count, c_out);
     G* u_data = u.mutable_data_ptr<G>();
     const G* m_data = m.const_data_ptr<G>();
     parallel_pieces(0, count, 1, [&](int64_t begin, int64_t end) {
@@ -554,8 +559,8 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
 
   for (int64_t first = 0; first < grid.tiles(); first += chunk) {
     const int64_t count = std::min(chunk, grid.tiles() - first);
-    at::Tensor u = u_buffer.narrow(0, 0, kPoints * count * c_in).view({kPoints, count, c_in});
-    at::Tensor dm = dm_buffer.narrow(0, 0, kPoints * count * c_out).view({kPoints, count, c_out});
+    at::Tensor u = point_major(u_buffer, kPoints, count, c_in);
+    at::Tensor dm = point_major(dm_buffer, kPoints, count, c_out);
     G* u_data = u.mutable_data_ptr<G>();
     G* dm_data = dm.mutable_data_ptr<G>();
     const int64_t pieces = (count + per_piece - 1) / per_piece;
