@@ -4,9 +4,11 @@ this machine's measured fp32 peak (the best of many large single-precision GEMMs
 
     python tools/profile_stages.py [--size 572] [--rounds 3]
 
-Stages: Winograd GEMMs (``aten::bmm`` inside the 3x3 convolutions), the rest of the 3x3
-convolutions (input, output and weight transforms, packing, bias and ReLU), the up-convolutions'
-GEMMs (``aten::mm``), oneDNN's direct convolutions, pooling, joins, the loss and allocation.
+Stages: the GEMMs inside the 3x3 convolutions (Winograd's point-wise products, batched or
+point by point; the first layer's unfolded weight gradient), the rest of the 3x3 convolutions
+(input, output and weight transforms, packing, bias and ReLU), the up-convolutions' GEMMs,
+oneDNN's direct convolutions, pooling, joins, the loss and allocation. A GEMM belongs to the
+op of ours it runs inside.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ import torch
 
 import unet_fast
 
-STAGES = [  # (stage, op names whose self time it is)
-    ("Winograd GEMMs (batched)", ("aten::bmm",)),
-    ("other GEMMs (up-convolutions, unfolded)", ("aten::mm", "aten::addmm")),
-    ("3x3 convolutions: transforms, packing, bias, ReLU", ("unet_fast::conv3x3_bias_relu",
-                                                         "unet_fast::crop_concat_conv3x3",
-                                                         "unet_fast::conv3x3_bias_relu_backward",
-                                                         "unet_fast::crop_concat_conv3x3_backward")),
+GEMMS = ("aten::bmm", "aten::mm", "aten::addmm")
+CONVOLUTIONS = ("unet_fast::conv3x3_bias_relu", "unet_fast::crop_concat_conv3x3",
+                "unet_fast::conv3x3_bias_relu_backward", "unet_fast::crop_concat_conv3x3_backward")
+UP_CONVOLUTIONS = ("unet_fast::up_conv2x2", "unet_fast::up_conv2x2_backward")
+CONVOLUTION_GEMMS, UP_CONVOLUTION_GEMMS, OTHER_GEMMS = (
+    "GEMMs in the 3x3 convolutions (Winograd's products)", "GEMMs in the up-convolutions", "other GEMMs")
+STAGES = [  # (stage, op names whose self time it is; GEMMs go by the op they run in)
+    (CONVOLUTION_GEMMS, ()),
+    (UP_CONVOLUTION_GEMMS, ()),
+    (OTHER_GEMMS, ()),
+    ("3x3 convolutions: transforms, packing, bias, ReLU", CONVOLUTIONS),
     ("direct convolutions (oneDNN)", ("aten::mkldnn_convolution", "aten::convolution_backward")),
-    ("up-convolutions outside their GEMMs", ("unet_fast::up_conv2x2", "unet_fast::up_conv2x2_backward")),
+    ("up-convolutions outside their GEMMs", UP_CONVOLUTIONS),
     ("pooling", ("unet_fast::max_pool2x2", "unet_fast::max_pool2x2_backward")),
     ("joins (crop and concatenate)", ("unet_fast::crop_concat", "unet_fast::crop_concat_backward")),
     ("loss", ("unet_fast::weighted_softmax_cross_entropy", "unet_fast::weighted_softmax_cross_entropy_backward")),
@@ -54,14 +60,26 @@ def _seconds(fn) -> float:
 def _gemm_flops(event) -> float:
     """Multiply-adds x 2 of a bmm or mm event from its recorded input shapes."""
     shapes = [s for s in event.input_shapes if s]
-    if event.key == "aten::bmm" and len(shapes) >= 2 and len(shapes[0]) == 3:
+    if event.name == "aten::bmm" and len(shapes) >= 2 and len(shapes[0]) == 3:
         (batch, m, k), n = shapes[0], shapes[1][2]
-        return 2.0 * batch * m * k * n * event.count
-    if event.key in ("aten::mm", "aten::addmm") and len(shapes) >= 2:
-        first, second = (shapes[1], shapes[2]) if event.key == "aten::addmm" else (shapes[0], shapes[1])
+        return 2.0 * batch * m * k * n
+    if event.name in ("aten::mm", "aten::addmm") and len(shapes) >= 2:
+        first, second = (shapes[1], shapes[2]) if event.name == "aten::addmm" else (shapes[0], shapes[1])
         if len(first) == 2 and len(second) == 2:
-            return 2.0 * first[0] * first[1] * second[1] * event.count
+            return 2.0 * first[0] * first[1] * second[1]
     return 0.0
+
+
+def _stage(event) -> str | None:
+    """The stage an event's self time belongs to: a GEMM by the op of ours it runs in."""
+    if event.name in GEMMS:
+        owner = event.cpu_parent
+        while owner is not None and not owner.name.startswith("unet_fast::"):
+            owner = owner.cpu_parent
+        if owner is not None and owner.name in CONVOLUTIONS:
+            return CONVOLUTION_GEMMS
+        return UP_CONVOLUTION_GEMMS if owner is not None and owner.name in UP_CONVOLUTIONS else OTHER_GEMMS
+    return next((name for name, ops in STAGES if event.name in ops), None)
 
 
 def profile(step, rounds: int) -> tuple[float, float, dict[str, float], dict[str, float]]:
@@ -72,14 +90,13 @@ def profile(step, rounds: int) -> tuple[float, float, dict[str, float], dict[str
     walls = [_seconds(step) * 1e3 for _ in range(rounds)]
     with torch.profiler.profile(record_shapes=True) as prof:
         profiled = _seconds(step) * 1e3
-    events = prof.key_averages(group_by_input_shape=True)
     times = {name: 0.0 for name, _ in STAGES}
     flops = {name: 0.0 for name, _ in STAGES}
-    for event in events:
-        for name, ops in STAGES:
-            if event.key in ops:
-                times[name] += event.self_cpu_time_total / 1e3
-                flops[name] += _gemm_flops(event) / 1e9
+    for event in prof.events():
+        stage = _stage(event)
+        if stage is not None:
+            times[stage] += event.self_cpu_time_total / 1e3
+            flops[stage] += _gemm_flops(event) / 1e9
     return statistics.median(walls), profiled, times, flops
 
 
