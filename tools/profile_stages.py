@@ -21,7 +21,7 @@ import torch
 
 import unet_fast
 
-GEMMS = ("aten::bmm", "aten::mm", "aten::addmm")
+GEMMS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::addmm_")
 CONVOLUTIONS = ("unet_fast::conv3x3_bias_relu", "unet_fast::crop_concat_conv3x3",
                 "unet_fast::conv3x3_bias_relu_backward", "unet_fast::crop_concat_conv3x3_backward")
 UP_CONVOLUTIONS = ("unet_fast::up_conv2x2", "unet_fast::up_conv2x2_backward")
@@ -63,8 +63,8 @@ def _gemm_flops(event) -> float:
     if event.name == "aten::bmm" and len(shapes) >= 2 and len(shapes[0]) == 3:
         (batch, m, k), n = shapes[0], shapes[1][2]
         return 2.0 * batch * m * k * n
-    if event.name in ("aten::mm", "aten::addmm") and len(shapes) >= 2:
-        first, second = (shapes[1], shapes[2]) if event.name == "aten::addmm" else (shapes[0], shapes[1])
+    if event.name in ("aten::mm", "aten::addmm", "aten::addmm_") and len(shapes) >= 2:
+        first, second = (shapes[0], shapes[1]) if event.name == "aten::mm" else (shapes[1], shapes[2])
         if len(first) == 2 and len(second) == 2:
             return 2.0 * first[0] * first[1] * second[1]
     return 0.0
