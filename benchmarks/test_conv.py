@@ -12,7 +12,10 @@ from conftest import DEVICE, peak_memory_mb, rounds, synchronize
 
 # (C_in, C_out, input side): enc1's second convolution, enc3's, and the bottleneck's.
 LAYERS = [(64, 64, 570), (256, 256, 138), (1024, 1024, 30)]
-QUICK = {"layer": [LAYERS[-1]]}
+# (channels of up and of skip, up's side, skip's side): the four joins, top to bottom.
+JOINS = [(64, 392, 568), (128, 200, 280), (256, 104, 136), (512, 56, 64)]
+QUICK = {"layer": [LAYERS[-1]], "join": [JOINS[0]]}
+CPU_EXTENSION = DEVICE.type == "cpu" and "cpu" in available_backends("crop_concat_conv3x3", DEVICE)
 
 
 def _backends(op):
@@ -63,3 +66,24 @@ def test_decoder_join_and_conv_forward_backward(benchmark, backend, device):
     benchmark.group = "decoder join + conv3x3+bias+ReLU forward+backward, 572 dec4"
     benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
     benchmark.pedantic(step, rounds=rounds(5), iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.skipif(not CPU_EXTENSION, reason="the CPU extension's Winograd forward")
+@pytest.mark.parametrize("join", JOINS, ids=lambda join: "{0}+{0}at{1}".format(*join))
+@pytest.mark.parametrize("how", ["in the input transform", "join built"])
+def test_decoder_join_forward_by_winograd(benchmark, join, how):
+    # crop_concat_conv3x3's Winograd forward reads up and skip's window where they lie; against
+    # building the join and convolving it by the same algorithm
+    channels, side, skip_side = join
+    up, skip = (torch.randn(1, channels, n, n).contiguous(memory_format=torch.channels_last) for n in (side, skip_side))
+    weight = (torch.randn(channels, 2 * channels, 3, 3) * 0.02).contiguous(memory_format=torch.channels_last)
+    bias = torch.zeros(channels)
+    ops = torch.ops.unet_fast
+    if how == "join built":
+        step = lambda: ops.conv3x3_bias_relu(ops.crop_concat(up, skip), weight, bias, True, "winograd6")  # noqa: E731
+    else:
+        step = lambda: ops.crop_concat_conv3x3(up, skip, weight, bias, True, "winograd6")  # noqa: E731
+    benchmark.group = f"decoder join + conv3x3 forward by F(6x6), {channels}+{channels} at {side}x{side}"
+    benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
+    with torch.no_grad():
+        benchmark.pedantic(step, rounds=rounds(5), iterations=1, warmup_rounds=1)

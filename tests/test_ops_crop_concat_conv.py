@@ -162,3 +162,17 @@ def test_winograd_join_keeps_nan_and_falls_back_where_it_does_not_apply():
         torch.ops.unet_fast.crop_concat_conv3x3(up, skip.expand(2, -1, -1, -1), weight, bias, True, "winograd4")
     with pytest.raises(RuntimeError, match="weight takes 5 input channels, x has 6"):
         torch.ops.unet_fast.crop_concat_conv3x3(up, torch.cat([skip, skip[:, :1]], 1), weight, bias, True, "winograd4")
+
+
+def test_the_winograd_join_under_gradcheck_opcheck_and_compile(environment):
+    # UNET_FAST_WINOGRAD forces F(4x4) for every fp32/fp64 pass, so the CPU forward takes the
+    # join in its input transform even at these small sizes
+    environment.setenv("UNET_FAST_WINOGRAD", "4")
+    up, skip, weight, bias = make((1, 2, 7, 6), (1, 3, 10, 9), c_out=3)
+    args = [t.requires_grad_() for t in (up, skip, weight, bias)]
+    fn = lambda up, skip, weight, bias: crop_concat_conv3x3(up, skip, weight, bias, backend="cpu")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
+    torch.library.opcheck(torch.ops.unet_fast.crop_concat_conv3x3, (up, skip, weight, bias, True, "winograd4"))
+    single = [t.detach().float() for t in args]
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True)(*single), fn(*single))
