@@ -452,11 +452,10 @@ void transform_output_tiles(const G* m, int64_t point_stride, const TileGrid& gr
 // pieces of tiles and transforms, multiplies and transforms back its own. Each piece's GEMMs
 // read all the transformed weights, which is cheap while they are small.
 template <class W, typename T, typename G>
-void winograd_by_piece(at::TensorList x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
-                       bool relu, at::Tensor& out) {
+void winograd_by_piece(at::TensorList x, int64_t pad, const TileGrid& grid, const at::Tensor& weight_t,
+                       const at::Tensor& bias_values, bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = joined_channels(x), c_out = out.size(1);
-  const TileGrid grid(kOut, x[0].size(0), out.size(2), out.size(3));
   const int64_t per_piece = grid.piece(kPoints, c_in + c_out, sizeof(G));
   const int64_t pieces = (grid.tiles() + per_piece - 1) / per_piece, threads = worker_threads(pieces);
   const std::vector<at::Tensor> u_buffers = piece_buffers<G>(out, threads, kPoints * per_piece * c_in);
@@ -483,11 +482,10 @@ void winograd_by_piece(at::TensorList x, int64_t pad, const at::Tensor& weight_t
 // made point by point, so that each point's weights are read once a chunk, not once a piece of
 // each thread. Three parallel regions a chunk: input transforms, products, output transforms.
 template <class W, typename T, typename G>
-void winograd_by_point(at::TensorList x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
-                       bool relu, at::Tensor& out) {
+void winograd_by_point(at::TensorList x, int64_t pad, const TileGrid& grid, const at::Tensor& weight_t,
+                       const at::Tensor& bias_values, bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = joined_channels(x), c_out = out.size(1);
-  const TileGrid grid(kOut, x[0].size(0), out.size(2), out.size(3));
   const int64_t chunk =
       std::clamp<int64_t>(kByPointBudgetBytes / (kPoints * (c_in + c_out) * int64_t(sizeof(G))), 1, grid.tiles());
   const auto options = out.options().dtype(c10::CppTypeToScalarType<G>::value);
@@ -525,11 +523,11 @@ void winograd_by_point(at::TensorList x, int64_t pad, const at::Tensor& weight_t
 template <class W, typename T, typename G>
 void winograd_typed(at::TensorList x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
                     bool relu, at::Tensor& out) {
-  const int64_t weight_bytes = weight_t.numel() * int64_t(sizeof(G));
-  if (weight_bytes > kBudgetBytes) {
-    winograd_by_point<W, T, G>(x, pad, weight_t, bias_values, relu, out);
+  const TileGrid grid(W::kOut, x[0].size(0), out.size(2), out.size(3));
+  if (weight_t.numel() * int64_t(sizeof(G)) > kBudgetBytes) {
+    winograd_by_point<W, T, G>(x, pad, grid, weight_t, bias_values, relu, out);
   } else {
-    winograd_by_piece<W, T, G>(x, pad, weight_t, bias_values, relu, out);
+    winograd_by_piece<W, T, G>(x, pad, grid, weight_t, bias_values, relu, out);
   }
 }
 
