@@ -9,6 +9,10 @@ in float32 is that of the transforms (F(6x6)'s points +-1/2, +-2 scale values by
 few 1e-6 of the result's norm, against oneDNN's direct 1e-7 to 1e-5. Also F(2x2) with bf16
 GEMMs, which bf16 takes on wide layers where oneDNN runs bf16 natively, and its rule."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -120,6 +124,46 @@ def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size, block):
     bias = bias if with_bias else None
     norm_error, _ = errors(conv3x3_bias_relu(x, weight, bias, relu, backend="cpu"), x, weight, bias, relu)
     assert norm_error <= rtol
+
+
+@pytest.mark.parametrize("c_in,c_out", [(3, 1), (37, 17), (64, 100), (300, 70), (130, 192)], ids=str)
+def test_channel_counts_off_the_products_blocks(c_in, c_out, block):
+    """The transform-domain products by blocks of 64 output channels, 6 tiles and 128 input
+    channels (csrc/cpu/point_gemm.cpp, with AVX-512): output channels short of a block, tile
+    counts not a multiple of 6, sums over more than one pass of 128, in both passes."""
+    x, weight, bias = make(3, c_in, c_out, 13, 10)  # 11x8 outputs: 3 x 4, 3 x 6 or 3 x 24 tiles
+    norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
+    assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
+    for norm_error, max_error in backward_errors(x, weight, relu=True):
+        assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
+
+
+POINT_GEMM_RUN = """
+import sys, torch
+from unet_fast.ops import conv3x3_bias_relu
+from unet_fast.ops.conv import tuned_backward
+g = torch.Generator().manual_seed(0)
+x, weight = torch.randn(2, 150, 20, 20, generator=g), torch.randn(140, 150, 3, 3, generator=g) * 0.04
+out = conv3x3_bias_relu(x, weight, None, True, backend="cpu")
+grad_x = tuned_backward(torch.ones_like(out), x, weight, out, [True, False, False])[0]
+torch.save([out, grad_x], sys.argv[1])
+"""
+
+
+def test_the_products_by_the_own_kernel_and_by_aten_agree(tmp_path, block):
+    """UNET_FAST_POINT_GEMM=0 (read once, hence fresh processes) keeps the products in ATen's
+    GEMM; with AVX-512 they are otherwise ours, whose sums of more than 128 terms (150 and 140
+    channels here) are added up in parts, so the roundings differ, within the bounds."""
+    results = []
+    for setting in ("1", "0"):
+        path = tmp_path / f"{setting}.pt"
+        env = {**os.environ, "UNET_FAST_POINT_GEMM": setting, "UNET_FAST_WINOGRAD": str(block)}
+        subprocess.run([sys.executable, "-c", POINT_GEMM_RUN, str(path)], env=env, check=True, timeout=300)
+        results.append(torch.load(path))
+    for ours, aten in zip(*results):
+        norm_error, max_error = relative_errors(ours, aten.double())
+        assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
+        assert torch.equal(ours, aten) != cpu_has_avx512()
 
 
 def test_tiles_beyond_one_chunk_of_transform_buffers(block):

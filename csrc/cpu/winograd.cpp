@@ -3,23 +3,28 @@
 //   Y = A^T [ sum_ci (G g G^T) . (B^T d B) ] A,
 // so (m + 2)^2 multiplications per channel pair and block replace direct convolution's 9 m^2
 // (F(4x4, 3x3): 36 for 144). The input transform reads the channels_last input directly
-// (tiles past the edge read zeros), the transform-domain products are one batched GEMM (ATen,
-// so MKL/oneDNN), and the output transform adds the bias, applies the ReLU and writes only the
-// pixels inside the output. Each thread works through pieces of tiles whose buffers stay within
-// kBudgetBytes (kBf16BudgetBytes in bf16), handed out one at a time.
+// (tiles past the edge read zeros), the transform-domain products are GEMMs (in float32 where
+// the transformed weights fit in cache and the CPU has AVX-512, our own micro-kernel,
+// point_gemm.cpp, on weights transformed into its layout; else ATen's, so MKL/oneDNN), and the
+// output transform adds the bias, applies the ReLU and writes only the pixels inside the
+// output. Each thread works through pieces of tiles whose buffers stay within kBudgetBytes
+// (kBf16BudgetBytes in bf16; kOwnProductsBudgetBytes with our kernel), handed out one at a time.
 #include "winograd.h"
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
 #include "convert.h"
 #include "dynamic_parallel.h"
+#include "point_gemm.h"
 #include "target_clones.h"
 
 namespace unet_fast {
@@ -30,6 +35,11 @@ namespace {
 constexpr int64_t kBudgetBytes = 8 << 20;
 constexpr int64_t kBf16BudgetBytes = 16 << 20;
 constexpr int64_t kMinPieceTiles = 32;
+// Rows of filters whose taps a weight transform gathers at a time where a row's columns are not
+// side by side: 16 floats, a cache line, where its rows are.
+constexpr int64_t kGatherRows = 16;
+// With point_products, whose calls cost nothing, pieces small enough for a core's L2 cache.
+constexpr int64_t kOwnProductsBudgetBytes = 1 << 20;
 // The transformed tiles and products of all threads' chunk where the weights are larger.
 constexpr int64_t kByPointBudgetBytes = 32 << 20;
 // The transformed weights of a forward or data gradient, and a weight gradient's
@@ -197,35 +207,132 @@ void with_types(at::ScalarType dtype, bool float_gemm, const char* name, Fn&& fn
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "winograd_conv3x3", [&] { fn(scalar_t{}, scalar_t{}); });
 }
 
-// The points G g G^T of every channel pair, (points, C_out, C_in), g turned by 180 degrees if
-// `turned`. The transposed view (points, C_in, C_out) is the forward's right GEMM operand; as
-// it is, the turned transform is the data gradient's (a convolution from C_out to C_in channels).
-// In the weight's dtype, or in float for GEMMs in float (from a bf16 or a float32 weight).
+// The points G g G^T of every filter of a (rows, columns, 3, 3) weight, g turned by 180 degrees
+// if `turned`, as (points, blocks, rows, width): the columns in blocks of `width` (the last one
+// zero-padded), each block's rows one after the other. With one block (width = columns) that is
+// (points, rows, columns): the forward's right GEMM operand, transposed, for rows = C_out, and
+// with the filters turned the data gradient's as it is (a convolution from C_out to C_in
+// channels); in blocks of kPackedColumns, point_products' layout. In the weight's dtype, or in
+// float for GEMMs in float (from a bf16 or a float32 weight).
+// Each filter's taps are read where they lie: where a row's columns are not side by side (the
+// forward's filters taken (C_in, C_out) from channels_last weights), a block's are gathered
+// first, which costs less than a transposed copy of the weights and holds no more memory.
 template <class W>
-at::Tensor transform_weight(const at::Tensor& weight_in, bool turned, bool float_gemm) {
+at::Tensor transform_weight(const at::Tensor& weight, bool turned, bool float_gemm, int64_t width) {
   constexpr int kPoints = W::kTile * W::kTile;
-  // channels_last, or a slice of such weights: each tap's input channels side by side
-  const at::Tensor weight = weight_in.stride(1) == 1 ? weight_in : weight_in.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t c_out = weight.size(0), c_in = weight.size(1);
-  at::Tensor wt = at::empty({kPoints, c_out, c_in}, weight.options().dtype(float_gemm ? at::kFloat : weight.scalar_type()));
+  const bool adjacent = weight.stride(1) == 1;
+  const int64_t rows = weight.size(0), columns = weight.size(1), blocks = (columns + width - 1) / width;
+  const auto options = weight.options().dtype(float_gemm ? at::kFloat : weight.scalar_type());
+  at::Tensor wt = blocks * width == columns ? at::empty({kPoints, blocks, rows, width}, options)
+                                            : at::zeros({kPoints, blocks, rows, width}, options);
   const bool from_bf16 = float_gemm && weight.scalar_type() != at::kFloat;
   with_types(weight.scalar_type(), from_bf16, "winograd_transform_weight", [&](auto storage, auto gemm) {
     using scalar_t = decltype(storage);
     using G = decltype(gemm);
     const scalar_t* g = weight.const_data_ptr<scalar_t>();
     G* out = wt.mutable_data_ptr<G>();
-    parallel_pieces(0, c_out, 1, [&](int64_t begin, int64_t end) {
-      std::vector<Acc<scalar_t>> scratch(W::kTile * 3 * c_in);
+    const int64_t row_stride = weight.stride(0), column_stride = weight.stride(1);
+    const auto tap_offset = [&](int k) { return k / 3 * weight.stride(2) + k % 3 * weight.stride(3); };
+    parallel_pieces(0, rows, 1, [&](int64_t begin, int64_t end) {
+      const int64_t most = std::min(width, columns);
+      std::vector<Acc<scalar_t>> scratch(W::kTile * 3 * most);
+      // the taps of kGatherRows rows of a block: [row][tap][column]
+      std::vector<scalar_t> gathered(adjacent ? 0 : kGatherRows * 9 * most);
       const scalar_t* taps[9];
-      for (int64_t o = begin; o < end; ++o) {
-        for (int k = 0; k < 9; ++k) {
-          taps[k] = g + o * weight.stride(0) + k / 3 * weight.stride(2) + k % 3 * weight.stride(3);
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t first = block * width, count = std::min(width, columns - first);
+        const auto transform_row = [&](int64_t o) {
+          transform_filters<W, scalar_t, G>(taps, count, turned, scratch.data(), out + (block * rows + o) * width,
+                                            blocks * rows * width);
+        };
+        for (int64_t o = begin; o < end; o += adjacent ? 1 : kGatherRows) {
+          if (adjacent) {
+            for (int k = 0; k < 9; ++k) taps[k] = g + o * row_stride + first + tap_offset(k);
+            transform_row(o);
+            continue;
+          }
+          // where the rows lie side by side, each (column, tap) reads one cache line
+          const int64_t chunk = std::min(kGatherRows, end - o);
+          for (int64_t c = 0; c < count; ++c) {
+            for (int k = 0; k < 9; ++k) {
+              const scalar_t* tap = g + o * row_stride + (first + c) * column_stride + tap_offset(k);
+              for (int64_t r = 0; r < chunk; ++r) gathered[(r * 9 + k) * most + c] = tap[r * row_stride];
+            }
+          }
+          for (int64_t r = 0; r < chunk; ++r) {
+            for (int k = 0; k < 9; ++k) taps[k] = gathered.data() + (r * 9 + k) * most;
+            transform_row(o + r);
+          }
         }
-        transform_filters<W, scalar_t, G>(taps, c_in, turned, scratch.data(), out + o * c_in, c_out * c_in);
       }
     });
   });
   return wt;
+}
+
+// The transformed weights of a slice of output channels in the layout of the GEMM that
+// multiplies by them: ATen's (points, K, N) operand (`matrices`, any strides), or, for float
+// GEMMs on a CPU with AVX-512 where they fit in cache, point_products' blocks (`packed`).
+// `large`: more than kBudgetBytes, so no core's cache holds them.
+struct PointWeights {
+  at::Tensor matrices, packed;
+  int64_t k, n;
+  bool large;
+  // m[p] = u[p] @ weights[p] for the points first .. first + count of u (points, rows, K) and m
+  // (points, rows, N), both point-major and contiguous.
+  template <typename G>
+  void multiply(const at::Tensor& u, at::Tensor& m, int64_t first, int64_t count) const {
+    if constexpr (std::is_same_v<G, float>) {
+      if (packed.defined()) {
+        const int64_t rows = u.size(1), per_point = packed.size(1) * k * kPackedColumns;
+        point_products(u.const_data_ptr<float>() + first * rows * k, rows * k, count, rows, k,
+                       packed.const_data_ptr<float>() + first * per_point, n, m.mutable_data_ptr<float>() + first * rows * n,
+                       rows * n);
+        return;
+      }
+    }
+    if (count == 1) {
+      at::Tensor products = m[first];
+      at::mm_out(products, u[first], matrices[first]);
+    } else {
+      at::Tensor products = m.narrow(0, first, count);  // in a parallel region ATen runs it serially
+      at::bmm_out(products, u.narrow(0, first, count), matrices.narrow(0, first, count));
+    }
+  }
+};
+
+// Whether float GEMMs of transformed weights that fit in cache run by point_products here:
+// UNET_FAST_POINT_GEMM=0 (read once) keeps them in ATen's GEMM.
+bool own_products(at::ScalarType gemm_type) {
+  static const bool enabled = [] {
+    const char* setting = std::getenv("UNET_FAST_POINT_GEMM");
+    return setting == nullptr || std::string_view(setting) != "0";
+  }();
+  return gemm_type == at::kFloat && enabled && point_products_available();
+}
+
+// The transformed weights of output channels first .. first + count of `weight`, dim `out_dim`
+// of which is the output channels (0 for the forward; 1 for the data gradient, whose filters
+// are turned).
+// Large ones stay ATen's: there the products are GEMMs of hundreds of channels a side, on
+// which ATen's GEMM does as well, and the forward's packed layout, whose output channels are
+// the innermost, would have to be gathered across the channels_last weights.
+template <class W>
+PointWeights point_weights(const at::Tensor& weight, int64_t out_dim, int64_t first, int64_t count, bool float_gemm) {
+  constexpr int kPoints = W::kTile * W::kTile;
+  const at::Tensor part = weight.narrow(out_dim, first, count);
+  const int64_t k = part.size(1 - out_dim), n = count;
+  const bool turned = out_dim == 1;
+  const auto gemm_type = float_gemm ? at::kFloat : weight.scalar_type();
+  const bool large = kPoints * k * n * int64_t(c10::elementSize(gemm_type)) > kBudgetBytes;
+  if (!large && own_products(gemm_type)) {
+    // rows K, columns N: the forward's filters taken (C_in, C_out)
+    const at::Tensor by_rows = turned ? part : part.transpose(0, 1);
+    return {{}, transform_weight<W>(by_rows, turned, float_gemm, kPackedColumns), k, n, large};
+  }
+  // (points, C_out, C_in): for the forward the transpose of its operand, for the data gradient the operand
+  const at::Tensor wt = transform_weight<W>(part, turned, float_gemm, part.size(1)).view({kPoints, part.size(0), part.size(1)});
+  return {turned ? wt : wt.transpose(1, 2), {}, k, n, large};
 }
 
 // U[point][t][c] = (B^T d B)[point] for the input tile whose pixels' channel vectors start at
@@ -346,8 +453,7 @@ struct TileGrid {
   // GEMMs of fewer rows are slow and sum less accurately (F(6x6) 1024 -> 1024 on 5 tiles a
   // piece: norm-wise error 1.2e-5 against 8.7e-6). The pieces, if more than one, are a multiple
   // of the threads, evened out: 49 tiles in pieces of 32 gave one thread 32, the other 17.
-  int64_t piece(int64_t points, int64_t channels, int64_t element_size) const {
-    const int64_t budget = element_size == 2 ? kBf16BudgetBytes : kBudgetBytes;
+  int64_t piece(int64_t points, int64_t channels, int64_t element_size, int64_t budget) const {
     const int64_t threads = at::get_num_threads();
     const int64_t balanced = (tiles() + 2 * threads - 1) / (2 * threads);
     const int64_t wanted = std::max(std::min(budget / (points * channels * element_size), balanced), kMinPieceTiles);
@@ -452,11 +558,12 @@ void transform_output_tiles(const G* m, int64_t point_stride, const TileGrid& gr
 // pieces of tiles and transforms, multiplies and transforms back its own. Each piece's GEMMs
 // read all the transformed weights, which is cheap while they are small.
 template <class W, typename T, typename G>
-void winograd_by_piece(at::TensorList x, int64_t pad, const TileGrid& grid, const at::Tensor& weight_t,
+void winograd_by_piece(at::TensorList x, int64_t pad, const TileGrid& grid, const PointWeights& weights,
                        const at::Tensor& bias_values, bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = joined_channels(x), c_out = out.size(1);
-  const int64_t per_piece = grid.piece(kPoints, c_in + c_out, sizeof(G));
+  const int64_t budget = weights.packed.defined() ? kOwnProductsBudgetBytes : sizeof(G) == 2 ? kBf16BudgetBytes : kBudgetBytes;
+  const int64_t per_piece = grid.piece(kPoints, c_in + c_out, sizeof(G), budget);
   const int64_t pieces = (grid.tiles() + per_piece - 1) / per_piece, threads = worker_threads(pieces);
   const std::vector<at::Tensor> u_buffers = piece_buffers<G>(out, threads, kPoints * per_piece * c_in);
   const std::vector<at::Tensor> m_buffers = piece_buffers<G>(out, threads, kPoints * per_piece * c_out);
@@ -470,7 +577,7 @@ void winograd_by_piece(at::TensorList x, int64_t pad, const TileGrid& grid, cons
       at::Tensor u = point_major(u_buffers[thread], kPoints, count, c_in);
       at::Tensor m = point_major(m_buffers[thread], kPoints, count, c_out);
       transform_input_tiles<W, T, G>(x, pad, grid, first, count, u.mutable_data_ptr<G>(), *scratch, count * c_in);
-      at::bmm_out(m, u, weight_t);  // one thread's: inside a parallel region ATen runs it serially
+      weights.multiply<G>(u, m, 0, kPoints);
       transform_output_tiles<W, T, G>(m.const_data_ptr<G>(), count * c_out, grid, first, count, bias, relu,
                                       scratch->values.data(), spare->data(), out);
     };
@@ -482,7 +589,7 @@ void winograd_by_piece(at::TensorList x, int64_t pad, const TileGrid& grid, cons
 // made point by point, so that each point's weights are read once a chunk, not once a piece of
 // each thread. Three parallel regions a chunk: input transforms, products, output transforms.
 template <class W, typename T, typename G>
-void winograd_by_point(at::TensorList x, int64_t pad, const TileGrid& grid, const at::Tensor& weight_t,
+void winograd_by_point(at::TensorList x, int64_t pad, const TileGrid& grid, const PointWeights& weights,
                        const at::Tensor& bias_values, bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = joined_channels(x), c_out = out.size(1);
@@ -506,10 +613,7 @@ void winograd_by_point(at::TensorList x, int64_t pad, const TileGrid& grid, cons
                                      count * c_in);
     });
     for_each_piece(kPoints, worker_threads(kPoints), [&](int64_t) {
-      return [&](int64_t point) {
-        at::Tensor products = m[point];
-        at::mm_out(products, u[point], weight_t[point]);
-      };
+      return [&](int64_t point) { weights.multiply<G>(u, m, point, 1); };
     });
     parallel_pieces(0, count, 1, [&](int64_t begin, int64_t end) {
       std::vector<Acc<T>> scratch(scratch_values);
@@ -521,13 +625,13 @@ void winograd_by_point(at::TensorList x, int64_t pad, const TileGrid& grid, cons
 }
 
 template <class W, typename T, typename G>
-void winograd_typed(at::TensorList x, int64_t pad, const at::Tensor& weight_t, const at::Tensor& bias_values,
+void winograd_typed(at::TensorList x, int64_t pad, const PointWeights& weights, const at::Tensor& bias_values,
                     bool relu, at::Tensor& out) {
   const TileGrid grid(W::kOut, x[0].size(0), out.size(2), out.size(3));
-  if (weight_t.numel() * int64_t(sizeof(G)) > kBudgetBytes) {
-    winograd_by_point<W, T, G>(x, pad, grid, weight_t, bias_values, relu, out);
+  if (weights.large) {
+    winograd_by_point<W, T, G>(x, pad, grid, weights, bias_values, relu, out);
   } else {
-    winograd_by_piece<W, T, G>(x, pad, grid, weight_t, bias_values, relu, out);
+    winograd_by_piece<W, T, G>(x, pad, grid, weights, bias_values, relu, out);
   }
 }
 
@@ -620,13 +724,10 @@ void winograd_in_slices(at::TensorList x, int64_t pad, const at::Tensor& weight,
       channels_a_slice(kWeightsBudgetBytes, kPoints, channels, joined_channels(x), int64_t(c10::elementSize(gemm_type)));
   for (int64_t first = 0; first < channels; first += slice) {
     const int64_t count = std::min(slice, channels - first);
-    const at::Tensor part = weight.narrow(out_dim, first, count);
-    // (points, C_in, slice): the forward's transform transposed; the data gradient's as it is
-    const at::Tensor weight_t = out_dim == 0 ? transform_weight<W>(part, false, float_gemm).transpose(1, 2)
-                                             : transform_weight<W>(part, true, float_gemm);
+    const PointWeights weights = point_weights<W>(weight, out_dim, first, count, float_gemm);
     at::Tensor out_slice = out.narrow(1, first, count);
     with_types(x[0].scalar_type(), float_gemm, "winograd_conv3x3", [&](auto storage, auto gemm) {
-      winograd_typed<W, decltype(storage), decltype(gemm)>(x, pad, weight_t, bias_values.narrow(0, first, count),
+      winograd_typed<W, decltype(storage), decltype(gemm)>(x, pad, weights, bias_values.narrow(0, first, count),
                                                            relu, out_slice);
     });
   }
