@@ -4,8 +4,8 @@ this machine's measured fp32 peak (the best of many large single-precision GEMMs
 
     python tools/profile_stages.py [--size 572] [--rounds 3]
 
-Stages: the GEMMs inside the 3x3 convolutions (Winograd's point-wise products, batched or
-point by point; the first layer's unfolded weight gradient), the rest of the 3x3 convolutions
+Stages: the GEMMs inside the 3x3 convolutions (Winograd's point-wise products, by our AVX-512
+kernel, batched or point by point; the first layer's unfolded weight gradient), the rest of the 3x3 convolutions
 (input, output and weight transforms, packing, bias and ReLU), the up-convolutions' GEMMs,
 oneDNN's direct convolutions, pooling, joins, the loss and allocation. A GEMM belongs to the
 op of ours it runs inside.
@@ -22,6 +22,9 @@ import torch
 import unet_fast
 
 GEMMS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::addmm_")
+# Our AVX-512 kernel's products of a piece of tiles (csrc/cpu/point_gemm.cpp): u (points, rows,
+# K) and m (points, rows, N) recorded; it runs only inside the 3x3 convolutions.
+OWN_GEMM = "unet_fast::point_products"
 CONVOLUTIONS = ("unet_fast::conv3x3_bias_relu", "unet_fast::crop_concat_conv3x3",
                 "unet_fast::conv3x3_bias_relu_backward", "unet_fast::crop_concat_conv3x3_backward")
 UP_CONVOLUTIONS = ("unet_fast::up_conv2x2", "unet_fast::up_conv2x2_backward")
@@ -58,8 +61,11 @@ def _seconds(fn) -> float:
 
 
 def _gemm_flops(event) -> float:
-    """Multiply-adds x 2 of a bmm or mm event from its recorded input shapes."""
+    """Multiply-adds x 2 of a GEMM event (ATen's bmm or mm, or ours) from its recorded input shapes."""
     shapes = [s for s in event.input_shapes if s]
+    if event.name == OWN_GEMM and len(shapes) == 2:
+        (points, rows, k), n = shapes[0], shapes[1][2]
+        return 2.0 * points * rows * k * n
     if event.name == "aten::bmm" and len(shapes) >= 2 and len(shapes[0]) == 3:
         (batch, m, k), n = shapes[0], shapes[1][2]
         return 2.0 * batch * m * k * n
@@ -72,6 +78,8 @@ def _gemm_flops(event) -> float:
 
 def _stage(event) -> str | None:
     """The stage an event's self time belongs to: a GEMM by the op of ours it runs in."""
+    if event.name == OWN_GEMM:
+        return CONVOLUTION_GEMMS
     if event.name in GEMMS:
         owner = event.cpu_parent
         while owner is not None and not owner.name.startswith("unet_fast::"):

@@ -13,6 +13,7 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -284,6 +285,8 @@ struct PointWeights {
   void multiply(const at::Tensor& u, at::Tensor& m, int64_t first, int64_t count) const {
     if constexpr (std::is_same_v<G, float>) {
       if (packed.defined()) {
+        // named for the profiler, with u and m's shapes (tools/profile_stages.py counts its GEMMs)
+        RECORD_FUNCTION("unet_fast::point_products", std::vector<c10::IValue>({u, m}));
         const int64_t rows = u.size(1), per_point = packed.size(1) * k * kPackedColumns;
         point_products(u.const_data_ptr<float>() + first * rows * k, rows * k, count, rows, k,
                        packed.const_data_ptr<float>() + first * per_point, n, m.mutable_data_ptr<float>() + first * rows * n,
