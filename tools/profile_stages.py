@@ -5,10 +5,10 @@ this machine's measured fp32 peak (the best of many large single-precision GEMMs
     python tools/profile_stages.py [--size 572] [--rounds 3]
 
 Stages: the GEMMs inside the 3x3 convolutions (Winograd's point-wise products, by our AVX-512
-kernel, batched or point by point; the first layer's unfolded weight gradient), the rest of the 3x3 convolutions
-(input, output and weight transforms, packing, bias and ReLU), the up-convolutions' GEMMs,
-oneDNN's direct convolutions, pooling, joins, the loss and allocation. A GEMM belongs to the
-op of ours it runs inside.
+kernel, batched or point by point; the first layer's unfolded weight gradient), the rest of the
+3x3 convolutions (input, output and weight transforms, packing, bias and ReLU), the
+up-convolutions' GEMMs, oneDNN's direct convolutions, pooling, joins, the loss and allocation.
+A GEMM belongs to the op of ours it runs inside.
 """
 
 from __future__ import annotations

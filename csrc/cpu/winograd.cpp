@@ -289,8 +289,8 @@ struct PointWeights {
         RECORD_FUNCTION("unet_fast::point_products", std::vector<c10::IValue>({u, m}));
         const int64_t rows = u.size(1), per_point = packed.size(1) * k * kPackedColumns;
         point_products(u.const_data_ptr<float>() + first * rows * k, rows * k, count, rows, k,
-                       packed.const_data_ptr<float>() + first * per_point, n, m.mutable_data_ptr<float>() + first * rows * n,
-                       rows * n);
+                       packed.const_data_ptr<float>() + first * per_point, n,
+                       m.mutable_data_ptr<float>() + first * rows * n, rows * n);
         return;
       }
     }
@@ -334,7 +334,8 @@ PointWeights point_weights(const at::Tensor& weight, int64_t out_dim, int64_t fi
     return {{}, transform_weight<W>(by_rows, turned, float_gemm, kPackedColumns), k, n, large};
   }
   // (points, C_out, C_in): for the forward the transpose of its operand, for the data gradient the operand
-  const at::Tensor wt = transform_weight<W>(part, turned, float_gemm, part.size(1)).view({kPoints, part.size(0), part.size(1)});
+  const at::Tensor wt =
+      transform_weight<W>(part, turned, float_gemm, part.size(1)).view({kPoints, part.size(0), part.size(1)});
   return {turned ? wt : wt.transpose(1, 2), {}, k, n, large};
 }
 
@@ -565,7 +566,8 @@ void winograd_by_piece(at::TensorList x, int64_t pad, const TileGrid& grid, cons
                        const at::Tensor& bias_values, bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = joined_channels(x), c_out = out.size(1);
-  const int64_t budget = weights.packed.defined() ? kOwnProductsBudgetBytes : sizeof(G) == 2 ? kBf16BudgetBytes : kBudgetBytes;
+  const int64_t budget =
+      weights.packed.defined() ? kOwnProductsBudgetBytes : sizeof(G) == 2 ? kBf16BudgetBytes : kBudgetBytes;
   const int64_t per_piece = grid.piece(kPoints, c_in + c_out, sizeof(G), budget);
   const int64_t pieces = (grid.tiles() + per_piece - 1) / per_piece, threads = worker_threads(pieces);
   const std::vector<at::Tensor> u_buffers = piece_buffers<G>(out, threads, kPoints * per_piece * c_in);
