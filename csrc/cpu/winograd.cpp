@@ -45,9 +45,9 @@ constexpr int64_t kOwnProductsBudgetBytes = 1 << 20;
 // 1.5x this where that saves a chunk: evened_chunk).
 constexpr int64_t kByPointBudgetBytes = 32 << 20;
 // The transformed weights of a forward or data gradient, and a weight gradient's
-// transform-domain sums, are made a slice of output channels at a time within these: the wide
-// layers' are larger than the weights (F(6x6), 1024 -> 1024: 256 MiB against 36), and at 572
-// they set a training step's peak memory. Slices cost time: forward and data gradient of
+// transform-domain sums, are made a slice of output channels at a time within about these
+// (channels_a_slice): the wide layers' are larger than the weights (F(6x6), 1024 -> 1024: 256
+// MiB against 36), and at 572 they set a training step's peak memory. Slices cost time: forward and data gradient of
 // 1024 -> 1024 at 28 by F(4x4), 87-92 ms whole, 97-130 in slices within 64 MiB, 106-150 within
 // 32 (three alternating runs, AVX-512); F(2x2), whose weights fit, 102-115 ms.
 constexpr int64_t kWeightsBudgetBytes = 64 << 20;
@@ -429,16 +429,18 @@ UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int6
   }
 }
 
-// Tiles a chunk of `tiles` takes where a chunk holds at most `most`: the chunks evened out, and
-// one fewer where the last would be at most half full (the others then hold up to 1.5x `most`).
-// Each chunk reads all the transformed weights (or adds to all the weight gradient's sums)
-// again, which a last chunk of a few tiles paid for little work: 512 -> 512 at 64 by F(4x4)
-// went in chunks of 227 and 29 tiles, now one of 256 (1.08x faster alone; the U-Net's 572
-// forward 1.05x).
-int64_t evened_chunk(int64_t most, int64_t tiles) {
-  int64_t chunks = (tiles + most - 1) / most;
-  if (chunks > 1 && 2 * (tiles - (chunks - 1) * most) <= most) --chunks;
-  return (tiles + chunks - 1) / chunks;
+// What a chunk of `count` (tiles, or output channels) takes where a chunk holds at most `most`:
+// the chunks evened out, and one fewer where the last would be at most half full (the others
+// then hold up to 1.5x `most`). Each chunk of tiles reads all the transformed weights (or adds
+// to all the weight gradient's sums) again, which a last chunk of a few tiles paid for little
+// work: 512 -> 512 at 64 by F(4x4) went in chunks of 227 and 29 tiles, now one of 256 (1.08x
+// faster alone; the U-Net's 572 forward 1.05x). Each slice of output channels transforms the
+// input tiles again and multiplies by fewer columns: 1024 -> 1024 by F(4x4) went in three
+// slices, now two (the 572 forward 1.03-1.05x).
+int64_t evened_chunk(int64_t most, int64_t count) {
+  int64_t chunks = (count + most - 1) / most;
+  if (chunks > 1 && 2 * (count - (chunks - 1) * most) <= most) --chunks;
+  return (count + chunks - 1) / chunks;
 }
 
 // Image, first output row and first output column of a tile's output block.
@@ -698,7 +700,8 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
           rows[kOut] = scratch->zeros.data();  // a row of zeros
           for (int p = 0; p < kOut; ++p) {
             const int64_t y = pos.y + p;
-            rows[p] = y < out_h ? gradient + pos.image * image_stride + y * row_stride + pos.x * pixel_stride : rows[kOut];
+            rows[p] = y < out_h ? gradient + pos.image * image_stride + y * row_stride + pos.x * pixel_stride
+                                : rows[kOut];
           }
           const int columns = int(std::min<int64_t>(kOut, out_w - pos.x));
           grad_transform<W, T, G>(rows, columns, c_out, pixel_stride, scratch->values.data(), dm_data + t * c_out,
@@ -722,12 +725,12 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
 }
 
 // Output channels a slice takes, of `channels`: as many as keep the transformed weights (or
-// weight sums) of `other_channels` x them within `budget` bytes, the slices made even.
+// weight sums) of `other_channels` x them within `budget` bytes, evened out (evened_chunk: up
+// to 1.5x the budget where that saves a slice).
 int64_t channels_a_slice(int64_t budget, int64_t points, int64_t channels, int64_t other_channels,
                          int64_t element_size) {
-  const int64_t most = std::max<int64_t>(1, budget / (points * other_channels * element_size));
-  const int64_t slices = (channels + most - 1) / most;
-  return (channels + slices - 1) / slices;
+  const int64_t most = std::clamp<int64_t>(budget / (points * other_channels * element_size), 1, channels);
+  return evened_chunk(most, channels);
 }
 
 // out = the convolution of x (zero-padded by `pad`) with `weight`, whose output channels are
@@ -739,8 +742,8 @@ void winograd_in_slices(at::TensorList x, int64_t pad, const at::Tensor& weight,
   constexpr int kPoints = W::kTile * W::kTile;
   const int64_t channels = out.size(1);
   const auto gemm_type = float_gemm ? at::kFloat : weight.scalar_type();
-  const int64_t slice =
-      channels_a_slice(kWeightsBudgetBytes, kPoints, channels, joined_channels(x), int64_t(c10::elementSize(gemm_type)));
+  const int64_t slice = channels_a_slice(kWeightsBudgetBytes, kPoints, channels, joined_channels(x),
+                                         int64_t(c10::elementSize(gemm_type)));
   for (int64_t first = 0; first < channels; first += slice) {
     const int64_t count = std::min(slice, channels - first);
     const PointWeights weights = point_weights<W>(weight, out_dim, first, count, float_gemm);
@@ -794,7 +797,8 @@ at::Tensor weight_grad(const at::Tensor& grad_in, const at::Tensor& x_in, bool f
   const auto dtype = result_dtype.value_or(x.scalar_type());
   TORCH_CHECK(dtype == x.scalar_type() || (float_gemm && dtype == at::kFloat),
               "winograd_conv3x3_weight_grad: a ", dtype, " result is for bf16 inputs with GEMMs in float");
-  at::Tensor grad_weight = at::empty({c_out, c_in, 3, 3}, x.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor grad_weight =
+      at::empty({c_out, c_in, 3, 3}, x.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
   with_types(x.scalar_type(), float_gemm, "winograd_conv3x3_weight_grad", [&](auto storage, auto gemm) {
     using scalar_t = decltype(storage);
     // The taps in R: scalar_t, or float from the float sums of bf16 inputs (Acc<bf16> is float).
