@@ -89,8 +89,8 @@ def test_backward_of_every_unet_layer_shape_in_float32(layer, block):
 @pytest.mark.parametrize("layer", [(1024, 1024), (512, 1024), (1024, 512)], ids=lambda layer: "{}to{}".format(*layer))
 def test_wide_layers_transform_their_weights_a_slice_at_a_time(layer, block):
     """A pass keeps at most 64 MiB of transformed weights or weight sums (F(6x6), 1024 -> 1024:
-    256 MiB whole), whatever the block: the tuner's choice by time cannot raise a step's peak by
-    more."""
+    256 MiB whole), or up to 1.5x that where it saves a slice (F(4x4), 512 -> 1024: 75.5 MiB in
+    one), whatever the block: the tuner's choice by time cannot raise a step's peak by more."""
     x, weight = (t.contiguous(memory_format=torch.channels_last) for t in make(1, *layer, 15, 11)[:2])  # as UNet's
     out = conv3x3_bias_relu(x, weight, None, True, backend="cpu")
     grad = torch.randn(out.shape).contiguous(memory_format=torch.channels_last)
@@ -103,7 +103,7 @@ def test_wide_layers_transform_their_weights_a_slice_at_a_time(layer, block):
     tiles_mib = max(threads * (block + 2) ** 2 * 32 * sum(layer) * 4 / 2**20, 8 * threads)
     for name, run in passes.items():
         result_mib = weight.nbytes / 2**20 if name == "weight gradient" else 1
-        assert peak_memory_mb(run, x.device) <= 64 + tiles_mib + result_mib, name
+        assert peak_memory_mb(run, x.device) <= 1.5 * 64 + tiles_mib + result_mib, name
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, NORM_RTOL), (torch.float64, 1e-13)])
