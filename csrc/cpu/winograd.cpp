@@ -46,10 +46,11 @@ constexpr int64_t kOwnProductsBudgetBytes = 1 << 20;
 constexpr int64_t kByPointBudgetBytes = 32 << 20;
 // The transformed weights of a forward or data gradient, and a weight gradient's
 // transform-domain sums, are made a slice of output channels at a time within about these
-// (channels_a_slice): the wide layers' are larger than the weights (F(6x6), 1024 -> 1024: 256
-// MiB against 36), and at 572 they set a training step's peak memory. Slices cost time: forward and data gradient of
-// 1024 -> 1024 at 28 by F(4x4), 87-92 ms whole, 97-130 in slices within 64 MiB, 106-150 within
-// 32 (three alternating runs, AVX-512); F(2x2), whose weights fit, 102-115 ms.
+// (channels_a_slice): the wide layers' are larger than the weights (F(6x6), 1024 -> 1024:
+// 256 MiB against 36), and at 572 they set a training step's peak memory. Slices cost time:
+// forward and data gradient of 1024 -> 1024 at 28 by F(4x4), 87-92 ms whole, 97-130 in slices
+// within 64 MiB, 106-150 within 32 (three alternating runs, AVX-512); F(2x2), whose weights
+// fit, 102-115 ms.
 constexpr int64_t kWeightsBudgetBytes = 64 << 20;
 constexpr int64_t kSumsBudgetBytes = 32 << 20;
 // The matrices of F(m x m, 3x3): B^T (tile x tile), G (tile x 3) and A^T (m x tile), for the
@@ -429,15 +430,16 @@ UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int6
   }
 }
 
-// What a chunk of `count` (tiles, or output channels) takes where a chunk holds at most `most`:
-// the chunks evened out, and one fewer where the last would be at most half full (the others
-// then hold up to 1.5x `most`). Each chunk of tiles reads all the transformed weights (or adds
+// What a chunk of `count` (tiles, or output channels) takes where a chunk holds at most `most`
+// (taken as at least 1, at most `count`): the chunks evened out, and one fewer where the last
+// would be at most half full (the others then hold up to 1.5x `most`). Each chunk of tiles reads all the transformed weights (or adds
 // to all the weight gradient's sums) again, which a last chunk of a few tiles paid for little
 // work: 512 -> 512 at 64 by F(4x4) went in chunks of 227 and 29 tiles, now one of 256 (1.08x
 // faster alone; the U-Net's 572 forward 1.05x). Each slice of output channels transforms the
 // input tiles again and multiplies by fewer columns: 1024 -> 1024 by F(4x4) went in three
 // slices, now two (the 572 forward 1.03-1.05x).
 int64_t evened_chunk(int64_t most, int64_t count) {
+  most = std::clamp<int64_t>(most, 1, count);
   int64_t chunks = (count + most - 1) / most;
   if (chunks > 1 && 2 * (count - (chunks - 1) * most) <= most) --chunks;
   return (count + chunks - 1) / chunks;
@@ -464,7 +466,7 @@ struct TileGrid {
   // the budget of all threads together (evened_chunk: up to 1.5x it).
   int64_t chunk(int64_t points, int64_t channels, int64_t element_size) const {
     const int64_t budget = (element_size == 2 ? kBf16BudgetBytes : kBudgetBytes) * at::get_num_threads();
-    return evened_chunk(std::clamp<int64_t>(budget / (points * channels * element_size), 1, tiles()), tiles());
+    return evened_chunk(budget / (points * channels * element_size), tiles());
   }
   // Tiles per piece of work: a thread's transform buffers of c_in + c_out channels within the
   // budget, and at least two pieces a thread where there are tiles enough (a thread slowed by
@@ -605,17 +607,16 @@ void winograd_by_piece(at::TensorList x, int64_t pad, const TileGrid& grid, cons
 }
 
 // The same convolution for transformed weights too large to stay in cache (over kBudgetBytes):
-// all threads share chunks of tiles within about kByPointBudgetBytes, and each chunk's products are
-// made point by point, so that each point's weights are read once a chunk, not once a piece of
-// each thread. Three parallel regions a chunk: input transforms, products, output transforms.
+// all threads share chunks of tiles within about kByPointBudgetBytes, and each chunk's
+// products are made point by point, so that each point's weights are read once a chunk, not
+// once a piece of each thread. Three parallel regions a chunk: input transforms, products, output transforms.
 template <class W, typename T, typename G>
 void winograd_by_point(at::TensorList x, int64_t pad, const TileGrid& grid, const PointWeights& weights,
                        const at::Tensor& bias_values, bool relu, at::Tensor& out) {
   constexpr int kTile = W::kTile, kOut = W::kOut, kPoints = kTile * kTile;
   const int64_t c_in = joined_channels(x), c_out = out.size(1);
-  const int64_t chunk = evened_chunk(
-      std::clamp<int64_t>(kByPointBudgetBytes / (kPoints * (c_in + c_out) * int64_t(sizeof(G))), 1, grid.tiles()),
-      grid.tiles());
+  const int64_t chunk =
+      evened_chunk(kByPointBudgetBytes / (kPoints * (c_in + c_out) * int64_t(sizeof(G))), grid.tiles());
   const auto options = out.options().dtype(c10::CppTypeToScalarType<G>::value);
   const at::Tensor u_buffer = at::empty({kPoints * chunk * c_in}, options);
   const at::Tensor m_buffer = at::empty({kPoints * chunk * c_out}, options);
@@ -729,8 +730,7 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
 // to 1.5x the budget where that saves a slice).
 int64_t channels_a_slice(int64_t budget, int64_t points, int64_t channels, int64_t other_channels,
                          int64_t element_size) {
-  const int64_t most = std::clamp<int64_t>(budget / (points * other_channels * element_size), 1, channels);
-  return evened_chunk(most, channels);
+  return evened_chunk(budget / (points * other_channels * element_size), channels);
 }
 
 // out = the convolution of x (zero-padded by `pad`) with `weight`, whose output channels are
