@@ -432,12 +432,12 @@ UNET_FAST_CPU_CLONES void grad_transform(const T* const* rows, int columns, int6
 
 // What a chunk of `count` (tiles, or output channels) takes where a chunk holds at most `most`
 // (taken as at least 1, at most `count`): the chunks evened out, and one fewer where the last
-// would be at most half full (the others then hold up to 1.5x `most`). Each chunk of tiles
-// reads all the transformed weights (or adds to all the weight gradient's sums) again, which a
-// last chunk of a few tiles paid for little work: 512 -> 512 at 64 by F(4x4) went in chunks of 227 and 29 tiles, now one of 256 (1.08x
-// faster alone; the U-Net's 572 forward 1.05x). Each slice of output channels transforms the
-// input tiles again and multiplies by fewer columns: 1024 -> 1024 by F(4x4) went in three
-// slices, now two (the 572 forward 1.03-1.05x).
+// would be at most half full (the others then hold up to 1.5x `most`). Each chunk of tiles reads
+// all the transformed weights (or adds to all the weight gradient's sums) again, which a last
+// chunk of a few tiles paid for little work: 512 -> 512 at 64 by F(4x4) went in chunks of 227 and
+// 29 tiles, now one of 256 (1.08x faster alone; the U-Net's 572 forward 1.05x). Each slice of
+// output channels transforms the input tiles again and multiplies by fewer columns: 1024 -> 1024
+// by F(4x4) went in three slices, now two (the 572 forward 1.03-1.05x).
 int64_t evened_chunk(int64_t most, int64_t count) {
   most = std::clamp<int64_t>(most, 1, count);
   int64_t chunks = (count + most - 1) / most;
