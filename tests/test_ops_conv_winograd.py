@@ -263,6 +263,25 @@ def test_nan_input_gives_nan_through_the_relu_and_stays_in_its_blocks(block):
     assert not out[0, :, reached:, :].isnan().any() and not out[0, :, :, reached:].isnan().any()
 
 
+@pytest.mark.parametrize("layer", [(64, 72), (512, 512)], ids=lambda layer: "{}to{}".format(*layer))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_data_gradient_goes_through_the_relu_its_input_came_out_of(layer, dtype, block):
+    # relu_input, applied as the output transform writes the gradient (512 -> 512: weights too
+    # large for a cache, products point by point): bit for bit torch's threshold_backward of the
+    # plain gradient, zero where x <= 0 and passed on at a NaN of x, with x read where it lies
+    # (a window of a larger tensor) and blocks partly outside the 13 x 11 input.
+    c_in, c_out = layer
+    x, weight, _ = make(2, c_in, c_out, 17, 16, dtype=dtype)
+    x = torch.relu(x).contiguous(memory_format=torch.channels_last)[:, :, 2:15, 1:12]
+    x[0, 5, 12, 10] = float("nan")
+    grad = torch.randn(2, c_out, 11, 9, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    plain = tuned_backward(grad, x, weight, None, [True, False, False])[0]
+    through = tuned_backward(grad, x, weight, None, [True, False, False], relu_input=True)[0]
+    torch.testing.assert_close(through, torch.ops.aten.threshold_backward(plain, x, 0), rtol=0, atol=0,
+                               equal_nan=True)
+    assert through[0, 5, 12, 10] == plain[0, 5, 12, 10] != 0 and (through == 0).any()
+
+
 @pytest.mark.parametrize("size", [(7, 6), (10, 13)], ids=str)
 def test_gradcheck_float64(size, block):
     # Forward and both gradients are Winograd's (exact in exact arithmetic), checked against

@@ -114,12 +114,20 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
   }
 }
 
-// The gradient of x from the masked, channels_last output gradient.
-at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
-                        const ConvAlgorithm& algorithm) {
-  if (weight.scalar_type() != grad.scalar_type() && !algorithm.in_float) {
-    return data_grad_by(grad, x, weight.to(grad.scalar_type()), algorithm);
-  }
+// grad = relu_grad(grad, relu_out) in place: grad is the op's own new channels_last tensor.
+void relu_grad_in_place(at::Tensor& grad, const at::Tensor& relu_out) {
+  const at::Tensor mask = relu_out.contiguous(kChannelsLast);
+  const int64_t channels = grad.size(1), rows = grad.numel() / std::max<int64_t>(channels, 1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "relu_grad_in_place", [&] {
+    scalar_t* values = grad.mutable_data_ptr<scalar_t>();
+    relu_grad_and_bias_sum_typed<scalar_t>(values, mask.const_data_ptr<scalar_t>(), values, nullptr, rows, channels);
+  });
+}
+
+// The gradient of x from the masked, channels_last output gradient, as the algorithm gives it
+// (a weight in another dtype only where the algorithm computes in float).
+at::Tensor unmasked_data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                 const ConvAlgorithm& algorithm) {
   if (winograd_in_float(algorithm, grad.scalar_type())) {
     return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/true);
   }
@@ -128,7 +136,7 @@ at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::T
     in_fp32.in_float = false;
     // x's values are not read for its own gradient, only its shape: no copy of them
     const at::Tensor x_shape = at::empty(x.sizes(), x.options().dtype(at::kFloat).memory_format(kChannelsLast));
-    return data_grad_by(grad.to(at::kFloat), x_shape, weight.to(at::kFloat), in_fp32).to(grad.scalar_type());
+    return unmasked_data_grad_by(grad.to(at::kFloat), x_shape, weight.to(at::kFloat), in_fp32).to(grad.scalar_type());
   }
   switch (algorithm.method) {
     case ConvMethod::kWinograd:
@@ -139,6 +147,22 @@ at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::T
     default:
       return vendor_conv3x3_grads(grad, x, weight, true, false, kChannelsLast).first;
   }
+}
+
+// The gradient of x, channels_last; with `relu_input`, also through the backward of the ReLU
+// whose output x is. Winograd applies that as it writes the gradient; the others in a pass after.
+at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                        const ConvAlgorithm& algorithm, bool relu_input) {
+  if (weight.scalar_type() != grad.scalar_type() && !algorithm.in_float) {
+    return data_grad_by(grad, x, weight.to(grad.scalar_type()), algorithm, relu_input);
+  }
+  if (relu_input && algorithm.method == ConvMethod::kWinograd && x.scalar_type() == grad.scalar_type() &&
+      (!algorithm.in_float || winograd_in_float(algorithm, grad.scalar_type()))) {
+    return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/algorithm.in_float, x);
+  }
+  at::Tensor grad_x = unmasked_data_grad_by(grad, x, weight, algorithm).contiguous(kChannelsLast);
+  if (relu_input) relu_grad_in_place(grad_x, x);
+  return grad_x;
 }
 
 // The gradient of the weight, in the weight's dtype and with its strides, from the masked
@@ -185,16 +209,6 @@ at::Tensor conv3x3_bias_relu_cpu(const at::Tensor& x, const at::Tensor& weight, 
   return forward_by(x, weight, bias, relu, parse_conv_algorithm(algorithm, ConvPass::kForward, x.scalar_type()));
 }
 
-// grad = relu_grad(grad, relu_out) in place: grad is the op's own new channels_last tensor.
-void relu_grad_in_place(at::Tensor& grad, const at::Tensor& relu_out) {
-  const at::Tensor mask = relu_out.contiguous(kChannelsLast);
-  const int64_t channels = grad.size(1), rows = grad.numel() / std::max<int64_t>(channels, 1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "relu_grad_in_place", [&] {
-    scalar_t* values = grad.mutable_data_ptr<scalar_t>();
-    relu_grad_and_bias_sum_typed<scalar_t>(values, mask.const_data_ptr<scalar_t>(), values, nullptr, rows, channels);
-  });
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& out,
     std::array<bool, 3> output_mask, c10::string_view data_algorithm, c10::string_view weight_algorithm,
@@ -208,8 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_bias_relu_backward_cpu(
       masked_grad_and_bias_grad(grad_out, weight, out, output_mask[2], relu_grad_and_bias_sum_cpu);
   at::Tensor grad_x, grad_weight;
   if (output_mask[0]) {
-    grad_x = data_grad_by(grad, x, weight, for_data).contiguous(kChannelsLast);
-    if (relu_input) relu_grad_in_place(grad_x, x);
+    grad_x = data_grad_by(grad, x, weight, for_data, relu_input);
   }
   if (output_mask[1]) grad_weight = weight_grad_by(grad, x, weight, for_weight);
   return {grad_x, grad_weight, grad_bias};

@@ -24,9 +24,12 @@ at::Tensor winograd_conv3x3(at::TensorList x, const at::Tensor& weight, const st
                             bool relu, int block, bool float_gemm = false);
 
 // The gradient of conv3x3(x, weight) with respect to x, given the output's gradient `grad`:
-// channels_last, (N, C_in, H + 2, W + 2) for a grad of (N, C_out, H, W).
+// channels_last, (N, C_in, H + 2, W + 2) for a grad of (N, C_out, H, W). With `relu_output`
+// (x itself, where x is a ReLU's output), also through that ReLU's backward: zero where
+// relu_output <= 0, applied as each value is written.
 at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& weight, int block,
-                                      bool float_gemm = false);
+                                      bool float_gemm = false,
+                                      const std::optional<at::Tensor>& relu_output = std::nullopt);
 
 // The gradient of conv3x3(x, weight) with respect to the weight: (C_out, C_in, 3, 3),
 // channels_last, in x's dtype or `result_dtype` (float32 for bf16 x with `float_gemm`: the
