@@ -66,6 +66,22 @@ def test_keeps_only_input_output_and_parameters(backend, device):
     assert tuple(x.shape) in saved and (2, 5, 6, 6) in saved
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_wide_blocks_keep_the_first_output_instead_of_recomputing_it(backend, device, monkeypatch):
+    from unet_fast.ops import conv_block
+
+    monkeypatch.setattr(conv_block, "KEEP_FROM_CHANNELS", 3)  # make's x has 3 channels
+    x, w1, b1, w2, b2 = make(device=device)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        out = conv3x3_block(x, w1.requires_grad_(), b1, w2, b2, True, backend=backend)
+    assert (2, 4, 8, 8) in saved
+    monkeypatch.setattr(conv_block, "forward_on", None)  # backward must not compute it again
+    out.sum().backward()
+    want = torch.autograd.grad(expected(x, w1, b1, w2, b2, True).sum(), w1)[0]
+    torch.testing.assert_close(w1.grad, want, **TOL)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_compile_fullgraph(backend, device):
     x, w1, b1, w2, b2 = make(dtype=torch.float32, device=device)
