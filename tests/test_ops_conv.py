@@ -178,6 +178,26 @@ def test_direct_cpu_forward_is_onednns_convolution_then_relu(dtype, environment)
     assert ours.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 21, 23, 64), (2, 3, 9, 6, 70), (1, 2, 3, 3, 5)], ids=str)
+def test_few_channels_forward_equals_conv2d(dtype, relu, shape):
+    # "few", the direct kernel the tuner offers for inputs of up to 4 channels: blocks of 4
+    # pixels and the columns left over (21 and 6 wide), output channels in blocks of 64 (or 32
+    # doubles) and the rest, NCHW and channels_last inputs, NaN kept through the ReLU.
+    x, weight, bias = make(*shape, dtype=dtype)
+    x[0, 0, 1, 1] = float("nan")
+    want = expected(x, weight, bias, relu)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = torch.ops.unet_fast.conv3x3_bias_relu(x.contiguous(memory_format=layout), weight, bias, relu, "few")
+        assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    no_bias = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, relu, "few")
+    torch.testing.assert_close(no_bias.double(), expected(x, weight, None, relu), rtol=1e-6, atol=1e-6, equal_nan=True)
+    with pytest.raises(RuntimeError, match="'few' computes fp32/fp64 forwards only, not the data gradient"):
+        torch.ops.unet_fast.conv3x3_bias_relu_backward(out, x, weight, None, [True, False, False], "few", "direct")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["one", "all"])
 def test_nan_input_gives_nan_where_torch_does_by_every_cpu_algorithm(dtype, kind):

@@ -14,6 +14,7 @@
 #include "buffer_pool.h"
 #include "conv_algorithm.h"
 #include "dynamic_parallel.h"
+#include "few_channels.h"
 #include "precision.h"
 #include "winograd.h"
 
@@ -105,6 +106,8 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
       return winograd_conv3x3(x, weight, bias, relu, algorithm.block);
     case ConvMethod::kNchw:
       return conv3x3_forward(x, weight, bias, relu, at::MemoryFormat::Contiguous).contiguous(kChannelsLast);
+    case ConvMethod::kFew:
+      return few_channels_conv3x3(x, weight, bias, relu);
     case ConvMethod::kNnpack: {
       at::Tensor out = at::_nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, {0, 0}, {1, 1});
       return (relu ? out.relu_() : out).contiguous(kChannelsLast);

@@ -45,9 +45,13 @@ ConvAlgorithm parse_method(std::string_view name, ConvPass pass, at::ScalarType 
     TORCH_CHECK(pass == ConvPass::kForward && dtype == at::kFloat && at::_nnpack_available(), "conv3x3 algorithm '",
                 full, "' computes fp32 forwards only, where torch has NNPACK; not the ", pass_name(pass), " in ",
                 dtype);
+  } else if (name == "few") {
+    algorithm.method = ConvMethod::kFew;
+    TORCH_CHECK(pass == ConvPass::kForward && !reduced, "conv3x3 algorithm '", full,
+                "' computes fp32/fp64 forwards only, not the ", pass_name(pass), " in ", dtype);
   } else {
     TORCH_CHECK(false, "unknown conv3x3 algorithm '", full,
-                "': expected direct, nchw, winograd2, winograd4, winograd6, unfold, nnpack, or float:NAME for "
+                "': expected direct, nchw, winograd2, winograd4, winograd6, unfold, nnpack, few, or float:NAME for "
                 "bf16/fp16");
   }
   return algorithm;

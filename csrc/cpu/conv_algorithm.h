@@ -6,6 +6,7 @@
 //               Winograd F(m x m, 3x3) (csrc/cpu/winograd.cpp); in bf16 only winograd2
 //   unfold      the weight gradient as one GEMM of the gradient with the unfolded input
 //   nnpack      NNPACK's forward (fp32, where torch has it)
+//   few         our direct forward for inputs of few channels (csrc/cpu/few_channels.cpp)
 //   float:NAME  bf16/fp16 computed in fp32 by NAME and rounded once
 #pragma once
 
@@ -16,7 +17,7 @@
 namespace unet_fast {
 
 enum class ConvPass { kForward, kDataGrad, kWeightGrad };
-enum class ConvMethod { kDirect, kNchw, kWinograd, kUnfold, kNnpack };
+enum class ConvMethod { kDirect, kNchw, kWinograd, kUnfold, kNnpack, kFew };
 
 struct ConvAlgorithm {
   ConvMethod method = ConvMethod::kDirect;
