@@ -182,7 +182,7 @@ def test_direct_cpu_forward_is_onednns_convolution_then_relu(dtype, environment)
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 21, 23, 64), (2, 3, 9, 6, 70), (1, 2, 3, 3, 5)], ids=str)
 def test_few_channels_forward_equals_conv2d(dtype, relu, shape):
-    # "few", the direct kernel the tuner offers for inputs of up to 4 channels: blocks of 4
+    # "few", the direct forward the tuner offers for inputs of up to 4 channels: blocks of 4
     # pixels and the columns left over (21 and 6 wide), output channels in blocks of 64 (or 32
     # doubles) and the rest, NCHW and channels_last inputs, NaN kept through the ReLU.
     x, weight, bias = make(*shape, dtype=dtype)
@@ -194,8 +194,34 @@ def test_few_channels_forward_equals_conv2d(dtype, relu, shape):
         torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6, equal_nan=True)
     no_bias = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, relu, "few")
     torch.testing.assert_close(no_bias.double(), expected(x, weight, None, relu), rtol=1e-6, atol=1e-6, equal_nan=True)
-    with pytest.raises(RuntimeError, match="'few' computes fp32/fp64 forwards only, not the data gradient"):
+    with pytest.raises(RuntimeError, match="'few' computes fp32/fp64 forwards and weight gradients only, not the data"):
         torch.ops.unet_fast.conv3x3_bias_relu_backward(out, x, weight, None, [True, False, False], "few", "direct")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 21, 23, 64), (2, 3, 9, 6, 70), (1, 2, 3, 3, 5), (2, 4, 12, 7, 33)], ids=str)
+def test_few_channels_weight_gradient_equals_conv2d_weight(dtype, shape):
+    # "few"'s weight gradient: whole vectors of channels and the rest (70 = 64 + 6, 33, 5),
+    # NCHW and channels_last inputs, the weight's layout kept, and sums added in an order that
+    # does not depend on the thread count.
+    x, weight, _ = make(*shape, dtype=dtype)
+    grad = torch.randn(shape[0], shape[4], shape[2] - 2, shape[3] - 2, dtype=dtype)
+    want = torch.nn.grad.conv2d_weight(x.double(), weight.shape, grad.double())
+    mask = [False, True, False]
+    for layout in (torch.contiguous_format, torch.channels_last):
+        shaped = weight.contiguous(memory_format=layout)
+        got = torch.ops.unet_fast.conv3x3_bias_relu_backward(grad, x.contiguous(memory_format=layout), shaped, None,
+                                                             mask, "direct", "few")[1]
+        assert got.dtype == dtype and got.stride() == shaped.stride()
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = torch.ops.unet_fast.conv3x3_bias_relu_backward(grad, x, weight, None, mask, "direct", "few")[1]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, torch.ops.unet_fast.conv3x3_bias_relu_backward(grad, x, weight, None, mask, "direct",
+                                                                             "few")[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

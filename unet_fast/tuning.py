@@ -111,7 +111,7 @@ def _fp32_candidates(shape: ConvShape) -> list[str]:
         found.append("nnpack")
     if shape.kind == "weight_grad" and shape.c_in <= 16:
         found.append("unfold")
-    if shape.kind == "forward" and shape.c_in <= 4:
+    if shape.kind != "data_grad" and shape.c_in <= 4:
         found.append("few")
     return found
 

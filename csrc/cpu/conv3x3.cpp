@@ -196,6 +196,8 @@ at::Tensor weight_grad_by(const at::Tensor& grad, const at::Tensor& x, const at:
       return in_weight_layout(winograd_conv3x3_weight_grad(grad, x, algorithm.block), weight);
     case ConvMethod::kUnfold:
       return in_weight_layout(weight_grad_by_unfolding(grad, x, weight), weight);
+    case ConvMethod::kFew:
+      return in_weight_layout(few_channels_conv3x3_weight_grad(grad, x), weight);
     case ConvMethod::kNchw:
       return in_weight_layout(
           vendor_conv3x3_grads(grad, x, weight, false, true, at::MemoryFormat::Contiguous).second, weight);

@@ -47,8 +47,8 @@ ConvAlgorithm parse_method(std::string_view name, ConvPass pass, at::ScalarType 
                 dtype);
   } else if (name == "few") {
     algorithm.method = ConvMethod::kFew;
-    TORCH_CHECK(pass == ConvPass::kForward && !reduced, "conv3x3 algorithm '", full,
-                "' computes fp32/fp64 forwards only, not the ", pass_name(pass), " in ", dtype);
+    TORCH_CHECK(pass != ConvPass::kDataGrad && !reduced, "conv3x3 algorithm '", full,
+                "' computes fp32/fp64 forwards and weight gradients only, not the ", pass_name(pass), " in ", dtype);
   } else {
     TORCH_CHECK(false, "unknown conv3x3 algorithm '", full,
                 "': expected direct, nchw, winograd2, winograd4, winograd6, unfold, nnpack, few, or float:NAME for "

@@ -6,7 +6,8 @@
 //               Winograd F(m x m, 3x3) (csrc/cpu/winograd.cpp); in bf16 only winograd2
 //   unfold      the weight gradient as one GEMM of the gradient with the unfolded input
 //   nnpack      NNPACK's forward (fp32, where torch has it)
-//   few         our direct forward for inputs of few channels (csrc/cpu/few_channels.cpp)
+//   few         our direct forward and weight gradient for inputs of few channels
+//               (csrc/cpu/few_channels.cpp)
 //   float:NAME  bf16/fp16 computed in fp32 by NAME and rounded once
 #pragma once
 
