@@ -282,6 +282,22 @@ def test_data_gradient_goes_through_the_relu_its_input_came_out_of(layer, dtype,
     assert through[0, 5, 12, 10] == plain[0, 5, 12, 10] != 0 and (through == 0).any()
 
 
+@pytest.mark.parametrize("algorithm", ["float:winograd4", "float:winograd6"])
+def test_bf16_data_gradient_in_float_goes_through_the_relu_too(algorithm):
+    # bf16 read and written, transformed in float: the mask applied as the float values are
+    # rounded and stored, bit for bit threshold_backward of the plain gradient.
+    x, weight, _ = make(2, 64, 72, 13, 11, dtype=torch.bfloat16)
+    x = torch.relu(x).contiguous(memory_format=torch.channels_last)
+    x[1, 3, 0, 10] = float("nan")
+    grad = torch.randn(2, 72, 11, 9, generator=torch.Generator().manual_seed(1)).bfloat16()
+    backward = torch.ops.unet_fast.conv3x3_bias_relu_backward
+    plain = backward(grad, x, weight, None, [True, False, False], algorithm, "direct", False)[0]
+    through = backward(grad, x, weight, None, [True, False, False], algorithm, "direct", True)[0]
+    torch.testing.assert_close(through, torch.ops.aten.threshold_backward(plain, x, 0), rtol=0, atol=0,
+                               equal_nan=True)
+    assert through[1, 3, 0, 10] == plain[1, 3, 0, 10] != 0
+
+
 @pytest.mark.parametrize("size", [(7, 6), (10, 13)], ids=str)
 def test_gradcheck_float64(size, block):
     # Forward and both gradients are Winograd's (exact in exact arithmetic), checked against
