@@ -497,7 +497,8 @@ struct TileGrid {
 // per output channel), then the ReLU if `relu`. A data gradient's may instead go through the
 // backward of the ReLU whose output is `relu_output` (channels innermost, the output's shape):
 // zero where that is <= 0, as torch's threshold_backward. Applied as the values are stored, it
-// saves a pass over the gradient after (64 x 570 x 570 by F(4x4): 7 of 44 ms).
+// adds ~3 ms to a data gradient of 64 x 570 x 570 by F(4x4) (~44 ms), where a pass over the
+// gradient after it took 7.
 struct OutputFinish {
   at::Tensor bias;
   bool relu = false;
