@@ -34,13 +34,13 @@ template <typename T>
 constexpr int64_t kLanes = 256 / sizeof(T);
 
 // One output row: out[x][c] = relu(bias[c] + sum over (i, tap) of in[i][tap's row][x + tap's
-// column] * taps[(i, tap)][c]), for `pixels` (<= Pixels) pixels from column x0 at a time. in
+// column] * taps[(i, tap)][c]), for Pixels pixels from column x0 at a time. in
 // points at the row's first input row (channels in_channel_stride apart, rows in_row_stride,
 // pixels in_pixel_stride); taps and bias are padded to a multiple of kLanes channels.
 template <typename T, int Pixels>
 UNET_FAST_CPU_CLONES void row_block(const T* in, int64_t in_channel_stride, int64_t in_row_stride,
                                     int64_t in_pixel_stride, int64_t in_channels, const T* taps, const T* bias,
-                                    int64_t padded_channels, bool relu, int64_t x0, int pixels, T* out,
+                                    int64_t padded_channels, bool relu, int64_t x0, T* out,
                                     int64_t out_channels) {
   constexpr int64_t lanes = kLanes<T>;
   for (int64_t c0 = 0; c0 < padded_channels; c0 += lanes) {
@@ -62,7 +62,7 @@ UNET_FAST_CPU_CLONES void row_block(const T* in, int64_t in_channel_stride, int6
       }
     }
     const int64_t channels = std::min(lanes, out_channels - c0);
-    for (int p = 0; p < pixels; ++p) {
+    for (int p = 0; p < Pixels; ++p) {
       T* o = out + (x0 + p) * out_channels + c0;
 #pragma omp simd
       for (int64_t l = 0; l < channels; ++l) o[l] = relu && sum[p][l] < T(0) ? T(0) : sum[p][l];  // keeps NaN
@@ -90,11 +90,11 @@ void few_channels_typed(const at::Tensor& x, const at::Tensor& taps, const at::T
       T* out_row = output + row * out_w * out_channels;
       for (int64_t x0 = 0; x0 < whole; x0 += kPixels) {
         row_block<T, kPixels>(in, in_channel_stride, in_row_stride, in_pixel_stride, in_channels, tap_values,
-                              bias_values, padded_channels, relu, x0, kPixels, out_row, out_channels);
+                              bias_values, padded_channels, relu, x0, out_row, out_channels);
       }
       for (int64_t x0 = whole; x0 < out_w; ++x0) {
         row_block<T, 1>(in, in_channel_stride, in_row_stride, in_pixel_stride, in_channels, tap_values, bias_values,
-                        padded_channels, relu, x0, 1, out_row, out_channels);
+                        padded_channels, relu, x0, out_row, out_channels);
       }
     }
   });
@@ -194,24 +194,21 @@ void few_channels_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x,
   std::vector<T> part_sums(parts * taps * out_channels, T(0));
   const T* input = x.const_data_ptr<T>();
   const T* gradient = grad.const_data_ptr<T>();
+  const int64_t in_image_stride = x.stride(0), in_channel_stride = x.stride(1), in_row_stride = x.stride(2),
+                in_pixel_stride = x.stride(3);
+  auto row_sums = &row_weight_grad<T, lanes>;
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_has_avx512()) row_sums = &row_weight_grad_avx512;
+  }
+#endif
   parallel_pieces(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t part = begin; part < end; ++part) {
       T* sums = part_sums.data() + part * taps * out_channels;
       for (int64_t row = part * rows_a_part; row < std::min(rows, (part + 1) * rows_a_part); ++row) {
         const int64_t image = row / out_h, y = row % out_h;
-        const T* in = input + image * x.stride(0) + y * x.stride(2);
-        const T* grad_row = gradient + row * out_w * out_channels;
-#if defined(__x86_64__) && defined(__GNUC__)
-        if constexpr (std::is_same_v<T, float>) {
-          if (cpu_has_avx512()) {
-            row_weight_grad_avx512(in, x.stride(1), x.stride(2), x.stride(3), in_channels, grad_row, out_channels,
-                                   out_w, sums);
-            continue;
-          }
-        }
-#endif
-        row_weight_grad<T, lanes>(in, x.stride(1), x.stride(2), x.stride(3), in_channels, grad_row, out_channels,
-                                  out_w, sums);
+        row_sums(input + image * in_image_stride + y * in_row_stride, in_channel_stride, in_row_stride,
+                 in_pixel_stride, in_channels, gradient + row * out_w * out_channels, out_channels, out_w, sums);
       }
     }
   });
