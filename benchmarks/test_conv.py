@@ -45,6 +45,30 @@ def test_conv3x3_bias_relu_forward_backward(benchmark, backend, layer, device):
     benchmark.pedantic(step, rounds=rounds(5), iterations=1, warmup_rounds=1)
 
 
+@pytest.mark.skipif(not CPU_EXTENSION, reason="the CPU extension's Winograd data gradient")
+@pytest.mark.parametrize("how", ["in the output transform", "threshold_backward after"])
+def test_data_gradient_through_its_inputs_relu(benchmark, how):
+    # The second convolution of a block returns its input's gradient through the ReLU that made
+    # the input: applied as the Winograd output transform writes it, against ATen's
+    # threshold_backward on the plain gradient (enc1's 64 -> 64 at 570, F(4x4)).
+    x = torch.relu(torch.randn(1, 64, 570, 570)).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(64, 64, 3, 3)
+    grad = torch.randn(1, 64, 568, 568).contiguous(memory_format=torch.channels_last)
+    backward = torch.ops.unet_fast.conv3x3_bias_relu_backward
+    mask = [True, False, False]
+    if how == "in the output transform":
+        def step():
+            return backward(grad, x, weight, None, mask, "winograd4", "direct", True)
+    else:
+        def step():
+            return torch.ops.aten.threshold_backward(backward(grad, x, weight, None, mask, "winograd4", "direct")[0],
+                                                     x, 0)
+
+    benchmark.group = "data gradient through its input's ReLU, 64->64 at 570, F(4x4)"
+    benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
+    benchmark.pedantic(step, rounds=rounds(9), iterations=1, warmup_rounds=1)
+
+
 @pytest.mark.parametrize("backend", _backends("crop_concat_conv3x3"))
 def test_decoder_join_and_conv_forward_backward(benchmark, backend, device):
     up = torch.randn(1, 64, 392, 392, device=device, requires_grad=True)
