@@ -4,6 +4,10 @@ tolerances; the cache is keyed by machine and version, written atomically, and a
 is ignored with a warning; tune() settles a whole network ahead of time."""
 
 import json
+import os
+import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -268,6 +272,34 @@ def test_tune_refuses_when_measuring_is_off(environment):
     environment.setenv("UNET_FAST_TUNE", "0")
     with pytest.raises(RuntimeError, match="UNET_FAST_TUNE=0"):
         tuning.tune(unet_fast.UNet(enc_chs=(1, 8, 16), dec_chs=(16, 8)), 44)
+
+
+def test_a_child_forked_while_another_thread_holds_the_tables_uses_them():
+    """fork() waits for the tables' lock and the child gets a new one: a child forked while
+    another thread held it (a DataLoader worker, say) would wait for it forever. A child that
+    hangs is ended by its alarm."""
+    x, weight, _ = make(c_in=4, c_out=4, side=8)
+    held = threading.Event()
+
+    def hold_for_a_while():
+        with tuning._lock:
+            held.set()
+            time.sleep(0.3)
+
+    holder = threading.Thread(target=hold_for_a_while)
+    holder.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(30)
+        status = 1
+        try:
+            tuning.exploring(tuning.ConvShape.of("forward", x, weight))
+            status = 0
+        finally:
+            os._exit(status)
+    holder.join()
+    assert os.waitpid(pid, 0)[1] == 0
 
 
 @pytest.mark.parametrize("block", [2, 4, 6])

@@ -30,6 +30,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import os
 import platform
 import threading
 import time
@@ -299,6 +300,17 @@ def _write_cache(table: _Table) -> None:
 
 _lock = threading.RLock()
 _tables: dict[str, _Table] = {}
+
+
+def _lock_anew_in_child() -> None:
+    """A child forked while another thread held the lock would wait for it forever; the forking
+    thread holds it across fork(), so the child's tables are whole, and the child gets a new one."""
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(before=lambda: _lock.acquire(), after_in_parent=lambda: _lock.release(),
+                    after_in_child=_lock_anew_in_child)
 
 
 def _table() -> _Table:

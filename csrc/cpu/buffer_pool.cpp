@@ -35,6 +35,7 @@
 #include <utility>
 #include <map>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -161,10 +162,14 @@ class PoolingAllocator final : public c10::Allocator {
   }
 
   // fork(): the forking thread holds the lock across it, so the child's copy is consistent
-  // and unlocked; threads do not survive fork, so the child starts its own trimmer.
+  // and unlocked; threads do not survive fork, so the child starts its own trimmer. The
+  // condition variable is made anew in the child: its copy still counts the parent's trimmer
+  // as a waiter, and glibc's notify waits for that waiter forever. It is not destroyed first,
+  // since destroying it waits for the same waiter; a condition variable holds no resources.
   void before_fork() { mutex_.lock(); }
   void after_fork_in_parent() { mutex_.unlock(); }
   void after_fork_in_child() {
+    new (&wake_) std::condition_variable;
     trimmer_running_ = false;
     mutex_.unlock();
   }
