@@ -69,6 +69,31 @@ def test_data_gradient_through_its_inputs_relu(benchmark, how):
     benchmark.pedantic(step, rounds=rounds(9), iterations=1, warmup_rounds=1)
 
 
+@pytest.mark.skipif(not CPU_EXTENSION, reason="the CPU extension's join backward")
+@pytest.mark.parametrize("how", ["in the op's pass", "where() before"])
+def test_join_backward_masks_its_gradient(benchmark, how):
+    # The join's backward masks the incoming gradient by the ReLU and sums it for the bias in one
+    # pass of its own, against ATen's where() before an unmasked backward (dec4's join at 572).
+    up = torch.randn(1, 64, 392, 392).contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(1, 64, 568, 568).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(64, 128, 3, 3) / 24
+    out = crop_concat_conv3x3(up, skip, weight, torch.zeros(64))
+    grad = torch.randn(out.shape).contiguous(memory_format=torch.channels_last)
+    backward = torch.ops.unet_fast.crop_concat_conv3x3_backward
+    mask = [True, True, True, True]
+    algorithms = ["winograd4"] * 4
+    if how == "in the op's pass":
+        def step():
+            return backward(grad, up, skip, weight, out, mask, *algorithms)
+    else:
+        def step():
+            return backward(torch.where(out <= 0, 0, grad), up, skip, weight, None, mask, *algorithms)
+
+    benchmark.group = "decoder join backward, its gradient masked by the ReLU, 572 dec4, F(4x4)"
+    benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
+    benchmark.pedantic(step, rounds=rounds(9), iterations=1, warmup_rounds=1)
+
+
 @pytest.mark.parametrize("backend", _backends("crop_concat_conv3x3"))
 def test_decoder_join_and_conv_forward_backward(benchmark, backend, device):
     up = torch.randn(1, 64, 392, 392, device=device, requires_grad=True)

@@ -109,6 +109,24 @@ def test_autocast_runs_in_bfloat16(backend, device):
     torch.testing.assert_close(out.double(), expected(up, skip, weight, bias), **TOL[torch.bfloat16])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_backward_matches_float64(backend, device):
+    """Under bf16 autocast every gradient (the bias's summed once over the ReLU-masked gradient of
+    both sources) is the float64 composite's within 1% norm-wise (sums of 72 bf16 products, not
+    each element within bf16's tolerance), the parameters' in float32."""
+    tensors = make(*SHAPES[0], dtype=torch.float32, device=device)
+    grad_out = torch.randn(2, 4, 6, 6, device=device)
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = crop_concat_conv3x3(*leaves, backend=backend)
+    out.float().backward(grad_out)
+    exact = [t.detach().double().requires_grad_() for t in tensors]
+    expected(*exact).backward(grad_out.double())
+    for got, want in zip(leaves, exact):
+        assert got.grad.dtype == torch.float32
+        assert (got.grad.double() - want.grad).norm() <= 1e-2 * want.grad.norm()
+
+
 @pytest.mark.parametrize(
     "change,error,match",
     [

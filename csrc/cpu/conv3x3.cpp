@@ -1,72 +1,19 @@
 // CPU kernels of conv3x3_bias_relu: each pass by the algorithm the caller names
 // (csrc/cpu/conv_algorithm.h; unet_fast/tuning.py measures which is fastest here), with buffers
-// from the pool, and the backward's one pass that masks the gradient by the saved output and
-// sums it per channel for the bias. Channel sums are added in a fixed order of row chunks, so
-// they do not depend on the thread count.
-#include <ATen/OpMathType.h>
+// from the pool; the backward first masks the gradient by the saved output and sums it for the
+// bias in one pass (csrc/cpu/relu_grad.h).
 #include <torch/library.h>
 
-#include <algorithm>
-#include <vector>
-
-#include "../common/relu.h"
 #include "../conv3x3.h"
 #include "buffer_pool.h"
 #include "conv_algorithm.h"
-#include "dynamic_parallel.h"
 #include "few_channels.h"
 #include "precision.h"
+#include "relu_grad.h"
 #include "winograd.h"
 
 namespace unet_fast {
 namespace {
-
-constexpr int64_t kChunks = 64;  // row chunks of the bias sum, independent of the thread count
-
-template <typename T>
-void relu_grad_and_bias_sum_typed(const T* grad, const T* out, T* masked,
-                                  at::opmath_type<T>* grad_bias, int64_t rows, int64_t channels) {
-  using acc_t = at::opmath_type<T>;
-  const int64_t chunks = std::min(kChunks, std::max<int64_t>(rows, 1));
-  const int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
-  std::vector<acc_t> partial(grad_bias ? chunks * channels : 0, acc_t(0));
-  parallel_pieces(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t first = chunk * rows_per_chunk, last = std::min(rows, first + rows_per_chunk);
-      acc_t* sums = grad_bias ? partial.data() + chunk * channels : nullptr;
-      for (int64_t r = first; r < last; ++r) {
-        const T* g = grad + r * channels;
-        const T* y = out + r * channels;
-        T* m = masked + r * channels;
-        for (int64_t c = 0; c < channels; ++c) m[c] = relu_grad(g[c], y[c]);
-        if (sums) {
-          for (int64_t c = 0; c < channels; ++c) sums[c] += acc_t(m[c]);
-        }
-      }
-    }
-  });
-  if (!grad_bias) return;
-  for (int64_t c = 0; c < channels; ++c) {
-    acc_t total = 0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partial[chunk * channels + c];
-    grad_bias[c] = total;
-  }
-}
-
-// grad and out are channels_last, so each of the N*H*W rows holds the C channels of a pixel.
-at::Tensor relu_grad_and_bias_sum_cpu(const at::Tensor& grad, const at::Tensor& out,
-                                      at::Tensor& grad_bias) {
-  at::Tensor masked = at::empty_like(grad);
-  const int64_t channels = grad.size(1), rows = grad.numel() / std::max<int64_t>(channels, 1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "relu_grad_cpu", [&] {
-    relu_grad_and_bias_sum_typed<scalar_t>(
-        grad.const_data_ptr<scalar_t>(), out.const_data_ptr<scalar_t>(),
-        masked.mutable_data_ptr<scalar_t>(),
-        grad_bias.defined() ? grad_bias.mutable_data_ptr<at::opmath_type<scalar_t>>() : nullptr,
-        rows, channels);
-  });
-  return masked;
-}
 
 // The weight gradient of a layer with few input channels (the U-Net's first, 1 -> 64) as one
 // batched GEMM of the gradient with the unfolded input patches (9 C_in values a pixel), bound by
@@ -115,16 +62,6 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
     default:
       return conv3x3_forward(x, weight, bias, relu);  // relu_ keeps NaN; oneDNN's ReLU post-op does not
   }
-}
-
-// grad = relu_grad(grad, relu_out) in place: grad is the op's own new channels_last tensor.
-void relu_grad_in_place(at::Tensor& grad, const at::Tensor& relu_out) {
-  const at::Tensor mask = relu_out.contiguous(kChannelsLast);
-  const int64_t channels = grad.size(1), rows = grad.numel() / std::max<int64_t>(channels, 1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "relu_grad_in_place", [&] {
-    scalar_t* values = grad.mutable_data_ptr<scalar_t>();
-    relu_grad_and_bias_sum_typed<scalar_t>(values, mask.const_data_ptr<scalar_t>(), values, nullptr, rows, channels);
-  });
 }
 
 // The gradient of x from the masked, channels_last output gradient, as the algorithm gives it

@@ -2,13 +2,14 @@
 // where they lie (their channels joined in the input transform), so the join is never built;
 // by any other algorithm, and for arguments it would refuse, the forward is the composite of
 // csrc/crop_concat_conv.h (crop_concat, then conv3x3_bias_relu, which raise the errors). The
-// backward is the composite's: it never builds the join either.
+// backward is the composite's, with the CPU's mask and bias pass: it never builds the join either.
 #include <torch/library.h>
 
 #include "../crop_concat_conv.h"
 #include "buffer_pool.h"
 #include "conv_algorithm.h"
 #include "precision.h"
+#include "relu_grad.h"
 #include "winograd.h"
 
 namespace unet_fast {
@@ -43,10 +44,21 @@ at::Tensor crop_concat_conv3x3_cpu(const at::Tensor& up, const at::Tensor& skip,
   return winograd_conv3x3({up, window}, weight, bias, relu, parsed.block);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_concat_conv3x3_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& up, const at::Tensor& skip, const at::Tensor& weight,
+    const std::optional<at::Tensor>& out, std::array<bool, 4> output_mask, c10::string_view up_data_algorithm,
+    c10::string_view skip_data_algorithm, c10::string_view up_weight_algorithm,
+    c10::string_view skip_weight_algorithm) {
+  const PooledAllocations pooled;
+  return crop_concat_conv3x3_backward_composite(grad_out, up, skip, weight, out, output_mask, up_data_algorithm,
+                                                skip_data_algorithm, up_weight_algorithm, skip_weight_algorithm,
+                                                relu_grad_and_bias_sum_cpu);
+}
+
 }  // namespace
 }  // namespace unet_fast
 
 TORCH_LIBRARY_IMPL(unet_fast, CPU, m) {
   m.impl("crop_concat_conv3x3", &unet_fast::crop_concat_conv3x3_cpu);
-  m.impl("crop_concat_conv3x3_backward", &unet_fast::crop_concat_conv3x3_backward_composite);
+  m.impl("crop_concat_conv3x3_backward", &unet_fast::crop_concat_conv3x3_backward_cpu);
 }

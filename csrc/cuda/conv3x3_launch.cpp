@@ -7,12 +7,11 @@
 #include "../conv3x3.h"
 #include "conv3x3.cuh"
 #include "element_type.h"
+#include "relu_grad.h"
 
 namespace unet_fast {
-namespace {
 
-at::Tensor relu_grad_and_bias_sum_cuda(const at::Tensor& grad, const at::Tensor& out,
-                                       at::Tensor& grad_bias) {
+at::Tensor relu_grad_and_bias_sum_cuda(const at::Tensor& grad, const at::Tensor& out, at::Tensor& grad_bias) {
   const c10::cuda::CUDAGuard guard(grad.device());
   at::Tensor masked = at::empty_like(grad);
   const cudaError_t status = launch_relu_grad(
@@ -22,6 +21,8 @@ at::Tensor relu_grad_and_bias_sum_cuda(const at::Tensor& grad, const at::Tensor&
   if (grad_bias.defined()) at::sum_out(grad_bias, masked, {0, 2, 3}, false, grad_bias.scalar_type());
   return masked;
 }
+
+namespace {
 
 // cuDNN chooses its own algorithms: the CPU's algorithm names are ignored here.
 at::Tensor conv3x3_bias_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
