@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/fma_peak.h"
 #include "cpu/target_clones.h"
 
 namespace {
@@ -36,12 +37,31 @@ PyObject* buffer_pool_set_idle_seconds(PyObject*, PyObject* arg) {
 // Whether the CPU kernels take their AVX-512 loops and measured choices (docs/winograd.md).
 PyObject* cpu_has_avx512(PyObject*, PyObject*) { return PyBool_FromLong(unet_fast::cpu_has_avx512()); }
 
+// [GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for `seconds` (csrc/cpu/fma_peak.h).
+PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
+  const double seconds = PyFloat_AsDouble(arg);
+  if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
+  std::vector<double> rates;
+  try {
+    rates = unet_fast::fma_peak_gflops(seconds);
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+  PyObject* list = PyList_New(Py_ssize_t(rates.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < rates.size(); ++i) PyList_SET_ITEM(list, Py_ssize_t(i), PyFloat_FromDouble(rates[i]));
+  return list;
+}
+
 PyMethodDef methods[] = {
     {"buffer_pool_stats", buffer_pool_stats, METH_NOARGS, "(in use, cached, peak in use) bytes of the CPU buffer pool"},
     {"buffer_pool_empty_cache", buffer_pool_empty_cache, METH_NOARGS, "frees the pool's cached CPU buffers"},
     {"buffer_pool_set_idle_seconds", buffer_pool_set_idle_seconds, METH_O,
      "seconds a cached CPU buffer may stay idle before the pool frees it"},
     {"cpu_has_avx512", cpu_has_avx512, METH_NOARGS, "whether the CPU kernels run for AVX-512"},
+    {"cpu_fma_peak_gflops", cpu_fma_peak_gflops, METH_O,
+     "[GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for the given seconds"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

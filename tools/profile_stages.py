@@ -1,6 +1,7 @@
 """Where the U-Net's time goes on this CPU: the forward and the training step at 572 split by
 stage (the profiler's self time of each op), with the matrix products' achieved rate against
-this machine's measured fp32 peak (the best of many large single-precision GEMMs on all threads, measured after the profiles).
+this machine's measured fp32 multiply-add peak (every thread running FMAs at once, measured after
+the profiles; a 2048 x 2048 ``torch.mm`` is printed beside it).
 
     python tools/profile_stages.py [--size 572] [--rounds 3]
 
@@ -9,6 +10,13 @@ kernel, batched or point by point; the first layer's unfolded weight gradient), 
 3x3 convolutions (input, output and weight transforms, packing, bias and ReLU), the
 up-convolutions' GEMMs, oneDNN's direct convolutions, pooling, joins, the loss and allocation.
 A GEMM belongs to the op of ours it runs inside.
+
+The profiler records the thread that calls an op, not the others of a parallel region: the 3x3
+convolutions make Winograd's products inside their own parallel regions, one GEMM a core, so the
+profile holds the calling thread's share of them, and their rate is a core's, against one core's
+peak. Other GEMMs (the up-convolutions', the first layer's unfolded weight gradient) are called
+outside, each on all threads: their rate is all cores', against all cores' peak. Shares are of
+the calling thread's time, the wall time.
 """
 
 from __future__ import annotations
@@ -20,18 +28,22 @@ import time
 import torch
 
 import unet_fast
-from unet_fast import tuning
+from unet_fast import _C, tuning
 
 GEMMS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::addmm_")
 # Our AVX-512 kernel's products of a piece of tiles (csrc/cpu/point_gemm.cpp): u (points, rows,
-# K) and m (points, rows, N) recorded; it runs only inside the 3x3 convolutions.
+# K) and m (points, rows, N) recorded; it runs only inside the 3x3 convolutions, on one core.
 OWN_GEMM = "unet_fast::point_products"
+# Recorded around ATen's GEMMs of Winograd points, which run on one core each (csrc/cpu/winograd.cpp).
+POINT_GEMMS = "unet_fast::point_gemms"
 CONVOLUTIONS = ("unet_fast::conv3x3_bias_relu", "unet_fast::crop_concat_conv3x3",
                 "unet_fast::conv3x3_bias_relu_backward", "unet_fast::crop_concat_conv3x3_backward")
 UP_CONVOLUTIONS = ("unet_fast::up_conv2x2", "unet_fast::up_conv2x2_backward")
-CONVOLUTION_GEMMS, UP_CONVOLUTION_GEMMS, OTHER_GEMMS = (
-    "GEMMs in the 3x3 convolutions (Winograd's products)", "GEMMs in the up-convolutions", "other GEMMs")
+POINT_PRODUCTS, CONVOLUTION_GEMMS, UP_CONVOLUTION_GEMMS, OTHER_GEMMS = (
+    "Winograd's products in the 3x3 convolutions", "other GEMMs in the 3x3 convolutions",
+    "GEMMs in the up-convolutions", "other GEMMs")
 STAGES = [  # (stage, op names whose self time it is; GEMMs go by the op they run in)
+    (POINT_PRODUCTS, ()),
     (CONVOLUTION_GEMMS, ()),
     (UP_CONVOLUTION_GEMMS, ()),
     (OTHER_GEMMS, ()),
@@ -45,9 +57,18 @@ STAGES = [  # (stage, op names whose self time it is; GEMMs go by the op they ru
 ]
 
 
-def peak_gflops(side: int = 2048, rounds: int = 20) -> float:
-    """The best of ``rounds`` fp32 ``side`` x ``side`` GEMMs, in GFLOP/s (after three warm-ups:
-    the first runs pay for waking the cores and the allocator)."""
+# GEMM stages whose every GEMM runs on one core (inside a parallel region of ours)
+ONE_CORE_STAGES = (POINT_PRODUCTS,)
+
+
+def fma_peak_gflops(seconds: float = 2.0) -> list[float]:
+    """GFLOP/s of each thread running fp32 FMAs, all at once (csrc/cpu/fma_peak.h)."""
+    return _C.cpu_fma_peak_gflops(seconds)
+
+
+def gemm_gflops(side: int = 2048, rounds: int = 20) -> float:
+    """The best of ``rounds`` fp32 ``side`` x ``side`` GEMMs on all threads, in GFLOP/s (after
+    three warm-ups: the first runs pay for waking the cores and the allocator)."""
     a, b = torch.randn(side, side), torch.randn(side, side)
     for _ in range(3):
         torch.mm(a, b)
@@ -80,11 +101,13 @@ def _gemm_flops(event) -> float:
 def _stage(event) -> str | None:
     """The stage an event's self time belongs to: a GEMM by the op of ours it runs in."""
     if event.name == OWN_GEMM:
-        return CONVOLUTION_GEMMS
+        return POINT_PRODUCTS
     if event.name in GEMMS:
         owner = event.cpu_parent
         while owner is not None and not owner.name.startswith("unet_fast::"):
             owner = owner.cpu_parent
+        if owner is not None and owner.name == POINT_GEMMS:
+            return POINT_PRODUCTS
         if owner is not None and owner.name in CONVOLUTIONS:
             return CONVOLUTION_GEMMS
         return UP_CONVOLUTION_GEMMS if owner is not None and owner.name in UP_CONVOLUTIONS else OTHER_GEMMS
@@ -133,9 +156,11 @@ def main() -> None:
 
     profiles = {label: profile(step, args.rounds) for label, step in (("forward", forward),
                                                                        ("training step", train_step))}
-    peak = max(peak_gflops(), peak_gflops())  # measured on the warm machine
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 GEMM peak {peak:.0f} GFLOP/s "
-          "(2048x2048 torch.mm, best of 40)")
+    per_thread = max(fma_peak_gflops(), fma_peak_gflops(), key=sum)  # measured on the warm machine
+    core_peak, all_peak = statistics.mean(per_thread), sum(per_thread)
+    gemm = max(gemm_gflops(), gemm_gflops())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 FMA peak {all_peak:.0f} GFLOP/s "
+          f"({core_peak:.0f} a core); 2048x2048 torch.mm {gemm:.0f} GFLOP/s (best of 40)")
     for label, (median, wall, times, flops) in profiles.items():
         print(f"\n{label} {args.size}x{args.size}: {median:.0f} ms (median of {args.rounds}); {wall:.0f} ms profiled, "
               "split below")
@@ -144,7 +169,9 @@ def main() -> None:
             if times[name] < 0.05:
                 continue
             rate = flops[name] / (times[name] / 1e3) if flops[name] else None
-            achieved = f"{rate:.0f} | {rate / peak:.0%}" if rate else "- | -"
+            one_core = name in ONE_CORE_STAGES
+            peak = core_peak if one_core else all_peak
+            achieved = f"{rate:.0f}{' a core' if one_core else ''} | {rate / peak:.0%}" if rate else "- | -"
             print(f"| {name} | {times[name]:.0f} | {times[name] / wall:.0%} | {achieved} |")
         rest = wall - sum(times.values())
         print(f"| everything else (Python, autograd, other ops) | {rest:.0f} | {rest / wall:.0%} | - | - |")

@@ -296,6 +296,8 @@ struct PointWeights {
         return;
       }
     }
+    // named for the profiler: ATen's GEMMs in here run on one core (tools/profile_stages.py)
+    RECORD_FUNCTION("unet_fast::point_gemms", std::vector<c10::IValue>());
     if (count == 1) {
       at::Tensor products = m[first];
       at::mm_out(products, u[first], matrices[first]);
@@ -747,6 +749,7 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
     const at::Tensor dm_t = dm.transpose(1, 2);
     for_each_piece(kPoints, worker_threads(kPoints), [&](int64_t thread) {
       return [&, thread](int64_t point) {
+        RECORD_FUNCTION("unet_fast::point_gemms", std::vector<c10::IValue>());
         at::Tensor sum = grad_weight_t[point];
         if constexpr (in_place) {
           sum.addmm_(dm_t[point], u[point]);

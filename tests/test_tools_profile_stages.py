@@ -1,0 +1,87 @@
+"""tools/profile_stages.py: the FMA peak it rates against (csrc/cpu/fma_peak.cpp), and which
+GEMMs it counts as one core's (Winograd's products, inside our parallel regions)."""
+
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from unet_fast import _C
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("profile_stages", ROOT / "tools" / "profile_stages.py")
+profile_stages = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(profile_stages)
+
+# Two FMA units x 16 fp32 lanes x 2 FLOPs at 6 GHz: more than any core here can do.
+MOST_A_CORE = 2 * 16 * 2 * 6.0
+
+
+def one_thread_gemm_gflops(side=384, rounds=15) -> float:
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * side**3 / best / 1e9
+
+
+def test_the_fma_peak_gives_each_thread_a_rate_no_gemm_beats():
+    """A core's FMA peak bounds what a GEMM on it reaches (MKL's included; 0.8 for a host that
+    slows one of the measurements), and no core does more than two 16-lane FMA units at 6 GHz."""
+    gemm = one_thread_gemm_gflops()
+    rates = max((_C.cpu_fma_peak_gflops(0.2) for _ in range(3)), key=sum)
+    assert len(rates) == torch.get_num_threads()
+    assert all(0 < rate <= MOST_A_CORE for rate in rates), rates
+    assert statistics.mean(rates) >= 0.8 * gemm, (rates, gemm)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan"), 61.0])
+def test_the_fma_peak_refuses_a_duration_outside_a_minute(seconds):
+    with pytest.raises(ValueError, match=r"seconds must be in \(0, 60\]"):
+        _C.cpu_fma_peak_gflops(seconds)
+
+
+def gemm_stages(run) -> list[str]:
+    """The stage of each GEMM event (ours or ATen's) in a profile of ``run()``."""
+    with torch.profiler.profile(record_shapes=True) as prof:
+        run()
+    names = profile_stages.GEMMS + (profile_stages.OWN_GEMM,)
+    return [profile_stages._stage(event) for event in prof.events() if event.name in names]
+
+
+@pytest.mark.parametrize("channels,algorithm", [(64, "winograd6"), (256, "winograd4")])
+def test_winograd_products_count_as_one_cores(channels, algorithm):
+    """The pieces' products of narrow layers (our kernel, or ATen's batched GEMM) and the wide
+    layers' point by point (ATen's), forward and both gradients: every GEMM is a Winograd
+    product, rated against one core's peak."""
+    x = torch.randn(1, channels, 20, 20).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, channels, 3, 3).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(1, channels, 18, 18).contiguous(memory_format=torch.channels_last)
+    out = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, False, algorithm)
+
+    def passes():
+        torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, False, algorithm)
+        torch.ops.unet_fast.conv3x3_bias_relu_backward(grad, x, weight, out, [True, True, False], algorithm, algorithm)
+
+    stages = gemm_stages(passes)
+    assert stages and set(stages) == {profile_stages.POINT_PRODUCTS}
+    assert profile_stages.POINT_PRODUCTS in profile_stages.ONE_CORE_STAGES
+
+
+def test_up_convolution_gemms_count_as_all_cores():
+    x = torch.randn(1, 64, 16, 16).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(64, 32, 2, 2)
+    stages = gemm_stages(lambda: torch.ops.unet_fast.up_conv2x2(x, weight, None))
+    assert stages and set(stages) == {profile_stages.UP_CONVOLUTION_GEMMS}
+    assert profile_stages.UP_CONVOLUTION_GEMMS not in profile_stages.ONE_CORE_STAGES
