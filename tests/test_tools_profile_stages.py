@@ -1,8 +1,8 @@
 """tools/profile_stages.py: the FMA peak it rates against (csrc/cpu/fma_peak.cpp), and which
 GEMMs it counts as one core's (Winograd's products, inside our parallel regions)."""
 
+import contextlib
 import importlib.util
-import statistics
 import time
 from pathlib import Path
 
@@ -20,30 +20,48 @@ spec.loader.exec_module(profile_stages)
 MOST_A_CORE = 2 * 16 * 2 * 6.0
 
 
-def one_thread_gemm_gflops(side=384, rounds=15) -> float:
-    a, b = torch.randn(side, side), torch.randn(side, side)
+@contextlib.contextmanager
+def one_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.mm(a, b)
-        best = float("inf")
-        for _ in range(rounds):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - start)
+        yield
     finally:
         torch.set_num_threads(previous)
+
+
+def gemm_gflops(side=384, rounds=5) -> float:
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
     return 2 * side**3 / best / 1e9
 
 
-def test_the_fma_peak_gives_each_thread_a_rate_no_gemm_beats():
-    """A core's FMA peak bounds what a GEMM on it reaches (MKL's included; 0.8 for a host that
-    slows one of the measurements), and no core does more than two 16-lane FMA units at 6 GHz."""
-    gemm = one_thread_gemm_gflops()
-    rates = max((_C.cpu_fma_peak_gflops(0.2) for _ in range(3)), key=sum)
+def test_the_fma_peak_is_a_rate_no_gemm_on_the_core_beats():
+    """A core's FMA peak bounds what a GEMM on it reaches (MKL's included), and no core does
+    more than two 16-lane FMA units at 6 GHz. Both on one thread, alternating, the best of
+    short runs of each (so that on a shared host both have runs the others left alone; 0.8
+    for the rest of its noise)."""
+    gemm = fma = 0.0
+    with one_thread():
+        for _ in range(5):
+            gemm = max(gemm, gemm_gflops())
+            for _ in range(3):
+                rates = _C.cpu_fma_peak_gflops(0.005)
+                assert len(rates) == 1
+                fma = max(fma, rates[0])
+    assert 0 < fma <= MOST_A_CORE
+    assert fma >= 0.8 * gemm, (fma, gemm)
+
+
+def test_the_fma_peak_has_a_rate_for_each_thread():
+    rates = _C.cpu_fma_peak_gflops(0.05)
     assert len(rates) == torch.get_num_threads()
     assert all(0 < rate <= MOST_A_CORE for rate in rates), rates
-    assert statistics.mean(rates) >= 0.8 * gemm, (rates, gemm)
 
 
 @pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan"), 61.0])
@@ -53,8 +71,9 @@ def test_the_fma_peak_refuses_a_duration_outside_a_minute(seconds):
 
 
 def gemm_stages(run) -> list[str]:
-    """The stage of each GEMM event (ours or ATen's) in a profile of ``run()``."""
-    with torch.profiler.profile(record_shapes=True) as prof:
+    """The stage of each GEMM event (ours or ATen's) in a profile of ``run()`` on one thread
+    (with more, the profiled thread may get none of a small pass's GEMMs)."""
+    with one_thread(), torch.profiler.profile(record_shapes=True) as prof:
         run()
     names = profile_stages.GEMMS + (profile_stages.OWN_GEMM,)
     return [profile_stages._stage(event) for event in prof.events() if event.name in names]
