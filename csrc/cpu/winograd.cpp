@@ -715,10 +715,11 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
       piece_buffers<G>(x, worker_threads(kPoints), in_place ? 0 : c_out * c_in);
   const T* gradient = grad.const_data_ptr<T>();
   const int64_t image_stride = grad.stride(0), row_stride = grad.stride(2), pixel_stride = grad.stride(3);
-  grad_weight_t.zero_();
+  if (grid.tiles() == 0) grad_weight_t.zero_();
 
   for (int64_t first = 0; first < grid.tiles(); first += chunk) {
     const int64_t count = std::min(chunk, grid.tiles() - first);
+    const bool first_chunk = first == 0;  // its products are the sums' first values: no zeroing pass
     at::Tensor u = point_major(u_buffer, kPoints, count, c_in);
     at::Tensor dm = point_major(dm_buffer, kPoints, count, c_out);
     G* u_data = u.mutable_data_ptr<G>();
@@ -752,10 +753,19 @@ void winograd_weight_grad_typed(const at::Tensor& grad, const at::Tensor& x, at:
         RECORD_FUNCTION("unet_fast::point_gemms", std::vector<c10::IValue>());
         at::Tensor sum = grad_weight_t[point];
         if constexpr (in_place) {
-          sum.addmm_(dm_t[point], u[point]);
+          if (first_chunk) {
+            at::mm_out(sum, dm_t[point], u[point]);
+          } else {
+            sum.addmm_(dm_t[point], u[point]);
+          }
         } else {
           at::Tensor products = product_buffers[thread].view({c_out, c_in});
-          sum.add_(at::mm_out(products, dm_t[point], u[point]));
+          at::mm_out(products, dm_t[point], u[point]);
+          if (first_chunk) {
+            sum.copy_(products);
+          } else {
+            sum.add_(products);
+          }
         }
       };
     });
