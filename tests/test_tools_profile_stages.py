@@ -3,7 +3,6 @@ GEMMs it counts as one core's (Winograd's products, inside our parallel regions)
 
 import contextlib
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,6 @@ def one_thread():
         torch.set_num_threads(previous)
 
 
-def gemm_gflops(side=384, rounds=5) -> float:
-    a, b = torch.randn(side, side), torch.randn(side, side)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * side**3 / best / 1e9
-
-
 def test_the_fma_peak_is_a_rate_no_gemm_on_the_core_beats():
     """A core's FMA peak bounds what a GEMM on it reaches (MKL's included), and no core does
     more than two 16-lane FMA units at 6 GHz. Both on one thread, alternating, the best of
@@ -49,7 +37,7 @@ def test_the_fma_peak_is_a_rate_no_gemm_on_the_core_beats():
     gemm = fma = 0.0
     with one_thread():
         for _ in range(5):
-            gemm = max(gemm, gemm_gflops())
+            gemm = max(gemm, profile_stages.gemm_gflops(side=384, rounds=5))
             for _ in range(3):
                 rates = _C.cpu_fma_peak_gflops(0.005)
                 assert len(rates) == 1
