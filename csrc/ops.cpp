@@ -6,6 +6,7 @@
 
 #include "cpu/buffer_pool.h"
 #include "cpu/fma_peak.h"
+#include "cpu/point_gemm.h"
 #include "cpu/target_clones.h"
 
 namespace {
@@ -37,6 +38,18 @@ PyObject* buffer_pool_set_idle_seconds(PyObject*, PyObject* arg) {
 // Whether the CPU kernels take their AVX-512 loops and measured choices (docs/winograd.md).
 PyObject* cpu_has_avx512(PyObject*, PyObject*) { return PyBool_FromLong(unet_fast::cpu_has_avx512()); }
 
+// "avx512", "avx2" or None: the kernel of the Winograd products (csrc/cpu/point_gemm.h).
+PyObject* cpu_point_products_kernel(PyObject*, PyObject*) {
+  try {
+    const char* name = unet_fast::point_products_kernel();
+    if (name == nullptr) Py_RETURN_NONE;
+    return PyUnicode_FromString(name);
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+
 // [GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for `seconds` (csrc/cpu/fma_peak.h).
 PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
   const double seconds = PyFloat_AsDouble(arg);
@@ -60,6 +73,8 @@ PyMethodDef methods[] = {
     {"buffer_pool_set_idle_seconds", buffer_pool_set_idle_seconds, METH_O,
      "seconds a cached CPU buffer may stay idle before the pool frees it"},
     {"cpu_has_avx512", cpu_has_avx512, METH_NOARGS, "whether the CPU kernels run for AVX-512"},
+    {"cpu_point_products_kernel", cpu_point_products_kernel, METH_NOARGS,
+     "the kernel of the Winograd products: 'avx512', 'avx2' or None (ATen's GEMM)"},
     {"cpu_fma_peak_gflops", cpu_fma_peak_gflops, METH_O,
      "[GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for the given seconds"},
     {nullptr, nullptr, 0, nullptr}};

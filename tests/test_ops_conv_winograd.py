@@ -128,9 +128,10 @@ def test_odd_sizes_bias_and_relu(dtype, rtol, relu, with_bias, size, block):
 
 @pytest.mark.parametrize("c_in,c_out", [(3, 1), (37, 17), (64, 100), (300, 70), (130, 192)], ids=str)
 def test_channel_counts_off_the_products_blocks(c_in, c_out, block):
-    """The transform-domain products by blocks of 64 output channels, 6 tiles and 128 input
-    channels (csrc/cpu/point_gemm.cpp, with AVX-512): output channels short of a block, tile
-    counts not a multiple of 6, sums over more than one pass of 128, in both passes."""
+    """The transform-domain products by blocks of 64 output channels, steps of 6 tiles by 64
+    (AVX-512) or 16 (AVX2) and passes of 128 input channels (csrc/cpu/point_gemm.cpp): output
+    channels short of a block and of a step, tile counts not a multiple of 6, sums over more
+    than one pass of 128, in both passes."""
     x, weight, bias = make(3, c_in, c_out, 13, 10)  # 11x8 outputs: 3 x 4, 3 x 6 or 3 x 24 tiles
     norm_error, max_error = errors(conv3x3_bias_relu(x, weight, bias, True, backend="cpu"), x, weight, bias, True)
     assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
@@ -150,12 +151,14 @@ torch.save([out, grad_x], sys.argv[1])
 """
 
 
-def test_the_products_by_the_own_kernel_and_by_aten_agree(tmp_path, block):
+@pytest.mark.parametrize("kernel", ["1", "avx2"])
+def test_the_products_by_the_own_kernel_and_by_aten_agree(tmp_path, block, kernel):
     """UNET_FAST_POINT_GEMM=0 (read once, hence fresh processes) keeps the products in ATen's
-    GEMM; with AVX-512 they are otherwise ours, whose sums of more than 128 terms (150 and 140
-    channels here) are added up in parts, so the roundings differ, within the bounds."""
+    GEMM; with AVX-512 or AVX2 they are otherwise ours (=avx2: the AVX2 kernel, on an AVX-512
+    CPU too), whose sums of more than 128 terms (150 and 140 channels here) are added up in
+    parts, so the roundings differ, within the bounds."""
     results = []
-    for setting in ("1", "0"):
+    for setting in (kernel, "0"):
         path = tmp_path / f"{setting}.pt"
         env = {**os.environ, "UNET_FAST_POINT_GEMM": setting, "UNET_FAST_WINOGRAD": str(block)}
         subprocess.run([sys.executable, "-c", POINT_GEMM_RUN, str(path)], env=env, check=True, timeout=300)
@@ -163,7 +166,25 @@ def test_the_products_by_the_own_kernel_and_by_aten_agree(tmp_path, block):
     for ours, aten in zip(*results):
         norm_error, max_error = relative_errors(ours, aten.double())
         assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
-        assert torch.equal(ours, aten) != cpu_has_avx512()
+        assert not torch.equal(ours, aten)
+
+
+POINT_GEMM_KERNEL = "import torch; from unet_fast import _C; print(_C.cpu_point_products_kernel())"
+
+
+@pytest.mark.parametrize("setting,expected", [("0", "None"), ("avx2", "avx2"), ("1", None)])
+def test_the_products_kernel_follows_the_setting(setting, expected):
+    env = {**os.environ, "UNET_FAST_POINT_GEMM": setting}
+    run = subprocess.run([sys.executable, "-c", POINT_GEMM_KERNEL], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert run.stdout.strip() == (expected or ("avx512" if cpu_has_avx512() else "avx2"))
+
+
+def test_a_bad_products_setting_is_refused_by_name():
+    env = {**os.environ, "UNET_FAST_POINT_GEMM": "fast"}
+    run = subprocess.run([sys.executable, "-c", POINT_GEMM_KERNEL], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0 and "UNET_FAST_POINT_GEMM must be 0" in run.stderr and "'fast'" in run.stderr
 
 
 def test_tiles_beyond_one_chunk_of_transform_buffers(block):

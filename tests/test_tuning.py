@@ -115,7 +115,7 @@ def test_choices_are_cached_on_disk_and_read_back(monkeypatch):
     assert (choice.algorithm, choice.source) == ("winograd6", "cache")
 
 
-@pytest.mark.parametrize("changed", ["unet_fast", "torch", "threads", "kernels"])
+@pytest.mark.parametrize("changed", ["unet_fast", "torch", "threads", "kernels", "point_products"])
 def test_the_cache_is_keyed_by_version_and_threads(monkeypatch, changed):
     scripted(monkeypatch, lambda shape, algorithm: 1.0 if algorithm == "winograd6" else 2.0)
     x, weight, bias = make()
@@ -127,6 +127,10 @@ def test_the_cache_is_keyed_by_version_and_threads(monkeypatch, changed):
         monkeypatch.setattr(unet_fast, "__version__", "0.0.0-other")
     elif changed == "kernels":  # the extension rebuilt
         monkeypatch.setattr(tuning, "kernels_build", lambda: "another-build")
+    elif changed == "point_products":  # UNET_FAST_POINT_GEMM=0, or another CPU's kernel
+        from unet_fast import _C
+
+        monkeypatch.setattr(_C, "cpu_point_products_kernel", lambda: "another-kernel")
     elif changed == "torch":
         monkeypatch.setattr(torch, "__version__", "1.0.0-other")
     else:

@@ -6,8 +6,8 @@ the profiles; a 2048 x 2048 ``torch.mm`` is printed beside it).
     python tools/profile_stages.py [--size 572] [--rounds 3]
 
 Stages: the GEMMs inside the 3x3 convolutions (Winograd's point-wise products, by our AVX-512
-kernel, batched or point by point; the first layer's unfolded weight gradient), the rest of the
-3x3 convolutions (input, output and weight transforms, packing, bias and ReLU), the
+or AVX2 kernel, batched or point by point; the first layer's unfolded weight gradient), the
+rest of the 3x3 convolutions (input, output and weight transforms, packing, bias and ReLU), the
 up-convolutions' GEMMs, oneDNN's direct convolutions, pooling, joins, the loss and allocation.
 A GEMM belongs to the op of ours it runs inside.
 
@@ -31,7 +31,7 @@ import unet_fast
 from unet_fast import _C, tuning
 
 GEMMS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::addmm_")
-# Our AVX-512 kernel's products of a piece of tiles (csrc/cpu/point_gemm.cpp): u (points, rows,
+# Our AVX-512 or AVX2 kernel's products of a piece of tiles (csrc/cpu/point_gemm.cpp): u (points, rows,
 # K) and m (points, rows, N) recorded; it runs only inside the 3x3 convolutions, on one core.
 OWN_GEMM = "unet_fast::point_products"
 # Recorded around ATen's GEMMs of Winograd points, which run on one core each (csrc/cpu/winograd.cpp).

@@ -13,9 +13,9 @@ makes the next use read them again (tests; programs that set them after their fi
 - ``UNET_FAST_WINOGRAD=0/2/4/6``: direct or one Winograd block for every fp32/fp64 pass.
 
 The C++ buffer pool reads its own two (``UNET_FAST_CPU_POOL``, ``UNET_FAST_CPU_POOL_IDLE_S``)
-once, when it is first used, and the Winograd convolutions ``UNET_FAST_POINT_GEMM=0`` (their
-transform-domain products by ATen's GEMM instead of unet_fast's AVX-512 kernel) at their first
-call.
+once, when it is first used, and the Winograd convolutions ``UNET_FAST_POINT_GEMM`` at their
+first call: ``0`` makes their transform-domain products by ATen's GEMM instead of unet_fast's
+AVX-512 or AVX2 kernel, ``avx2`` takes the AVX2 kernel on a CPU with AVX-512 too.
 """
 
 from __future__ import annotations

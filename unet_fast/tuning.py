@@ -226,9 +226,12 @@ def machine() -> dict:
     """What the measurements depend on: the cache is one file per distinct value of this."""
     from unet_fast import __version__
 
+    from unet_fast import _C
+
     model, flags = _cpu()
+    # UNET_FAST_POINT_GEMM changes what the Winograd passes cost
     return {"cpu": model, "cpu_flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "unet_fast": __version__, "kernels": kernels_build()}
+            "unet_fast": __version__, "kernels": kernels_build(), "point_products": _C.cpu_point_products_kernel()}
 
 
 @functools.cache

@@ -1,115 +1,170 @@
-// A register-blocked AVX-512 GEMM for the Winograd points: six rows of transformed tiles by 64
-// output channels a step, 24 accumulators in registers, the packed weights' 64-wide rows read
-// from cache while the tiles' values are broadcast, kDepth rows of weights a pass, so that they
-// stay in L1 and each sum has at most kDepth terms before it is added to the result. ATen's
-// GEMM on the same small matrices pays a call and a packing of the weights per point, which
-// pieces of tens of tiles cannot amortize.
+// A register-blocked GEMM for the Winograd points: six rows of transformed tiles by a step of
+// output channels, their sums in registers (AVX-512: 64 channels, 24 accumulators; AVX2: 16,
+// 12), the packed weights' rows read from cache while the tiles' values are broadcast, kDepth
+// rows of weights a pass, so that they stay in L1 and each sum has at most kDepth terms before
+// it is added to the result. ATen's GEMM on the same small matrices pays a call and a packing of
+// the weights per point, which pieces of tens of tiles cannot amortize. One template in GCC's
+// vector extensions, inlined into a function for each instruction set, makes both kernels.
 #include "point_gemm.h"
 
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
 
 #include "target_clones.h"
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define UNET_FAST_AVX512 __attribute__((target("avx512f")))
-#endif
 
 namespace unet_fast {
 namespace {
 
-constexpr int kRows = 6;         // rows a step: 6 x 4 accumulators, 4 weight vectors, a broadcast
-constexpr int64_t kDepth = 128;  // weight rows a pass: 32 KiB
+constexpr int kRows = 6;         // rows a step: with AVX-512, 6 x 4 accumulators, 4 weight vectors, a broadcast
+constexpr int64_t kDepth = 128;  // weight rows a pass: 32 KiB with AVX-512, 8 with AVX2
 
-#ifdef UNET_FAST_AVX512
+// Vectors of `Lanes` floats, `Width` of them a row of a step.
+template <int Lanes, int Width>
+struct Step {
+  typedef float Vector __attribute__((vector_size(4 * Lanes)));
+  static constexpr int64_t kColumns = int64_t(Lanes) * Width;
+};
 
-// m (Rows x `columns` <= 64, row stride ldm) = (m if `accumulate`) + u (Rows x depth, row
-// stride ldu) @ b (depth x 64, packed). The pass's products are summed on their own and then
-// added: one sum of 1024 terms had a norm-wise error of 1.2e-5 (F(6x6), 1024 channels).
-template <int Rows>
-UNET_FAST_AVX512 __attribute__((always_inline)) inline void block_product(const float* u, int64_t ldu, const float* b,
-                                                                          int64_t depth, float* m, int64_t ldm,
-                                                                          int64_t columns, bool accumulate) {
-  __m512 acc[Rows][4];
-  for (int r = 0; r < Rows; ++r) {
-    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
-  }
-  for (int64_t i = 0; i < depth; ++i, b += kPackedColumns) {
-    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32),
-                 b3 = _mm512_loadu_ps(b + 48);
+// m (Rows x `columns` <= S::kColumns, row stride ldm) = (m if `accumulate`) + u (Rows x depth,
+// row stride ldu) @ b (depth x S::kColumns, packed). The pass's products
+// are summed on their own and then added: one sum of 1024 terms had a norm-wise error of
+// 1.2e-5 (F(6x6), 1024 channels).
+template <class S, int Rows>
+__attribute__((always_inline)) inline void block_product(const float* u, int64_t ldu, const float* b, int64_t depth,
+                                                         float* m, int64_t ldm, int64_t columns, bool accumulate) {
+  using Vector = typename S::Vector;
+  constexpr int kLanes = sizeof(Vector) / sizeof(float), kWidth = S::kColumns / kLanes;
+  Vector acc[Rows][kWidth] = {};
+  for (int64_t i = 0; i < depth; ++i, b += S::kColumns) {
+    Vector weights[kWidth];
+#pragma GCC unroll 4
+    for (int j = 0; j < kWidth; ++j) std::memcpy(&weights[j], b + j * kLanes, sizeof(Vector));
+#pragma GCC unroll 6
     for (int r = 0; r < Rows; ++r) {
-      const __m512 value = _mm512_set1_ps(u[r * ldu + i]);
-      acc[r][0] = _mm512_fmadd_ps(value, b0, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(value, b1, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(value, b2, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(value, b3, acc[r][3]);
+      const float value = u[r * ldu + i];
+#pragma GCC unroll 4
+      for (int j = 0; j < kWidth; ++j) acc[r][j] += value * weights[j];  // an FMA: see products_avx2
     }
   }
-  for (int j = 0; j < 4; ++j) {
-    const int64_t left = std::clamp<int64_t>(columns - 16 * j, 0, 16);
-    const __mmask16 mask = __mmask16((1u << left) - 1);
-    for (int r = 0; r < Rows; ++r) {
-      float* out = m + r * ldm + 16 * j;
-      const __m512 sum = accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), acc[r][j]) : acc[r][j];
-      _mm512_mask_storeu_ps(out, mask, sum);
+  for (int r = 0; r < Rows; ++r) {
+    for (int j = 0; j < kWidth; ++j) {
+      float* out = m + r * ldm + j * kLanes;
+      const int64_t left = std::min<int64_t>(columns - j * kLanes, kLanes);
+      if (left == kLanes) {
+        Vector sum = acc[r][j];
+        if (accumulate) {
+          Vector old;
+          std::memcpy(&old, out, sizeof(Vector));
+          sum += old;
+        }
+        std::memcpy(out, &sum, sizeof(Vector));
+        continue;
+      }
+      float lanes[kLanes];
+      std::memcpy(lanes, &acc[r][j], sizeof(Vector));
+      for (int64_t c = 0; c < left; ++c) out[c] = accumulate ? out[c] + lanes[c] : lanes[c];
     }
   }
 }
 
 // block_product over `rows` rows, kRows at a time, then the rest.
-UNET_FAST_AVX512 void rows_product(const float* u, int64_t rows, int64_t ldu, const float* b, int64_t depth, float* m,
-                                   int64_t ldm, int64_t columns, bool accumulate) {
+template <class S>
+__attribute__((always_inline)) inline void rows_product(const float* u, int64_t rows, int64_t ldu, const float* b,
+                                                        int64_t depth, float* m, int64_t ldm, int64_t columns,
+                                                        bool accumulate) {
   int64_t r = 0;
   for (; r + kRows <= rows; r += kRows) {
-    block_product<kRows>(u + r * ldu, ldu, b, depth, m + r * ldm, ldm, columns, accumulate);
+    block_product<S, kRows>(u + r * ldu, ldu, b, depth, m + r * ldm, ldm, columns, accumulate);
   }
   u += r * ldu;
   m += r * ldm;
   switch (rows - r) {
-    case 5: return block_product<5>(u, ldu, b, depth, m, ldm, columns, accumulate);
-    case 4: return block_product<4>(u, ldu, b, depth, m, ldm, columns, accumulate);
-    case 3: return block_product<3>(u, ldu, b, depth, m, ldm, columns, accumulate);
-    case 2: return block_product<2>(u, ldu, b, depth, m, ldm, columns, accumulate);
-    case 1: return block_product<1>(u, ldu, b, depth, m, ldm, columns, accumulate);
+    case 5: return block_product<S, 5>(u, ldu, b, depth, m, ldm, columns, accumulate);
+    case 4: return block_product<S, 4>(u, ldu, b, depth, m, ldm, columns, accumulate);
+    case 3: return block_product<S, 3>(u, ldu, b, depth, m, ldm, columns, accumulate);
+    case 2: return block_product<S, 2>(u, ldu, b, depth, m, ldm, columns, accumulate);
+    case 1: return block_product<S, 1>(u, ldu, b, depth, m, ldm, columns, accumulate);
     default: return;
   }
 }
 
-UNET_FAST_AVX512 void products(const float* u, int64_t u_point_stride, int64_t points, int64_t rows, int64_t k,
-                               const float* packed, int64_t n, float* m, int64_t m_point_stride) {
-  const int64_t blocks = (n + kPackedColumns - 1) / kPackedColumns;
+template <class S>
+__attribute__((always_inline)) inline void products(const float* u, int64_t u_point_stride, int64_t points,
+                                                    int64_t rows, int64_t k, const float* packed, int64_t n, float* m,
+                                                    int64_t m_point_stride) {
+  const int64_t blocks = (n + S::kColumns - 1) / S::kColumns;
   for (int64_t p = 0; p < points; ++p) {
     for (int64_t block = 0; block < blocks; ++block) {
-      const float* b = packed + (p * blocks + block) * k * kPackedColumns;
-      const int64_t column = block * kPackedColumns, columns = std::min(kPackedColumns, n - column);
+      const float* b = packed + (p * blocks + block) * k * S::kColumns;
+      const int64_t column = block * S::kColumns, columns = std::min(S::kColumns, n - column);
       for (int64_t first = 0; first < k; first += kDepth) {
-        rows_product(u + p * u_point_stride + first, rows, k, b + first * kPackedColumns, std::min(kDepth, k - first),
-                     m + p * m_point_stride + column, n, columns, /*accumulate=*/first > 0);
+        rows_product<S>(u + p * u_point_stride + first, rows, k, b + first * S::kColumns, std::min(kDepth, k - first),
+                        m + p * m_point_stride + column, n, columns, /*accumulate=*/first > 0);
       }
     }
   }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// The extension is built with -ffp-contract=off, so that the transforms round as they are
+// written; here each multiply-add of the products becomes one FMA.
+__attribute__((target("avx512f"), optimize("fp-contract=fast"))) void products_avx512(
+    const float* u, int64_t u_point_stride, int64_t points, int64_t rows, int64_t k, const float* packed, int64_t n,
+    float* m, int64_t m_point_stride) {
+  products<Step<16, 4>>(u, u_point_stride, points, rows, k, packed, n, m, m_point_stride);
+}
+
+__attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) void products_avx2(
+    const float* u, int64_t u_point_stride, int64_t points, int64_t rows, int64_t k, const float* packed, int64_t n,
+    float* m, int64_t m_point_stride) {
+  products<Step<8, 2>>(u, u_point_stride, points, rows, k, packed, n, m, m_point_stride);
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return avx2_fma;
+}
 #endif
+
+using Products = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const float*, int64_t, float*, int64_t);
+
+struct Kernel {
+  const char* name;
+  Products products;
+  int64_t columns;
+};
+
+Kernel chosen_kernel() {
+  static const Kernel chosen = [] {
+    const char* variable = std::getenv("UNET_FAST_POINT_GEMM");
+    const std::string_view setting = variable == nullptr ? "1" : variable;
+    TORCH_CHECK(setting == "0" || setting == "1" || setting == "avx2",
+                "UNET_FAST_POINT_GEMM must be 0 (ATen's GEMM), 1 (the best kernel for this CPU) or avx2, got '",
+                setting, "'");
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (setting != "0" && setting != "avx2" && cpu_has_avx512()) return Kernel{"avx512", products_avx512, 64};
+    if (setting != "0" && cpu_has_avx2_fma()) return Kernel{"avx2", products_avx2, 16};
+#endif
+    return Kernel{nullptr, nullptr, 0};
+  }();
+  return chosen;
+}
 
 }  // namespace
 
-bool point_products_available() {
-#ifdef UNET_FAST_AVX512
-  return cpu_has_avx512();
-#else
-  return false;
-#endif
-}
+const char* point_products_kernel() { return chosen_kernel().name; }
+
+int64_t point_products_columns() { return chosen_kernel().columns; }
 
 void point_products(const float* u, int64_t u_point_stride, int64_t points, int64_t rows, int64_t k,
                     const float* packed, int64_t n, float* m, int64_t m_point_stride) {
-  TORCH_CHECK(point_products_available(), "point_products: this CPU has no AVX-512");
-#ifdef UNET_FAST_AVX512
+  const Products products = chosen_kernel().products;
+  TORCH_CHECK(products != nullptr, "point_products: no kernel runs here (point_products_kernel())");
   products(u, u_point_stride, points, rows, k, packed, n, m, m_point_stride);
-#endif
 }
 
 }  // namespace unet_fast

@@ -9,12 +9,17 @@
 
 namespace unet_fast {
 
-// Output columns a block of the packed weights holds: per point, ceil(N / 64) blocks, each K
-// rows of 64 floats (zero past N), the blocks and then the points one after the other.
-constexpr int64_t kPackedColumns = 64;
+// Output columns a block of the packed weights holds, the kernel's step: 64 with AVX-512, 16
+// with AVX2 (0 where no kernel runs). Per point, ceil(N / columns) blocks, each K rows of
+// `columns` floats (zero past N), the blocks and then the points one after the other: each step
+// reads its weights from one contiguous block.
+int64_t point_products_columns();
 
-// Whether point_products runs on this CPU (it needs AVX-512; elsewhere the caller uses ATen).
-bool point_products_available();
+// The kernel point_products runs here, "avx512" or "avx2" (with FMA), or nullptr where it does
+// not run and the caller uses ATen's GEMM: on other CPUs, or with UNET_FAST_POINT_GEMM=0. With
+// UNET_FAST_POINT_GEMM=avx2 a CPU with AVX-512 runs the AVX2 kernel (tests). Read once; another
+// value raises an error naming the variable.
+const char* point_products_kernel();
 
 // m[p] = u[p] @ weights[p] for `points` points, in float32: u[p] is rows x k at
 // u + p * u_point_stride (row stride k), m[p] rows x n at m + p * m_point_stride (row stride

@@ -4,7 +4,7 @@
 // so (m + 2)^2 multiplications per channel pair and block replace direct convolution's 9 m^2
 // (F(4x4, 3x3): 36 for 144). The input transform reads the channels_last input directly
 // (tiles past the edge read zeros), the transform-domain products are GEMMs (in float32 where
-// the transformed weights fit in cache and the CPU has AVX-512, our own micro-kernel,
+// the transformed weights fit in cache and the CPU has AVX-512 or AVX2, our own micro-kernel,
 // point_gemm.cpp, on weights transformed into its layout; else ATen's, so MKL/oneDNN), and the
 // output transform adds the bias, applies the ReLU and writes only the pixels inside the
 // output. Each thread works through pieces of tiles whose buffers stay within kBudgetBytes
@@ -16,10 +16,8 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -215,7 +213,7 @@ void with_types(at::ScalarType dtype, bool float_gemm, const char* name, Fn&& fn
 // zero-padded), each block's rows one after the other. With one block (width = columns) that is
 // (points, rows, columns): the forward's right GEMM operand, transposed, for rows = C_out, and
 // with the filters turned the data gradient's as it is (a convolution from C_out to C_in
-// channels); in blocks of kPackedColumns, point_products' layout. In the weight's dtype, or in
+// channels); in blocks of point_products_columns(), point_products' layout. In the weight's dtype, or in
 // float for GEMMs in float (from a bf16 or a float32 weight).
 // Each filter's taps are read where they lie: where a row's columns are not side by side (the
 // forward's filters taken (C_in, C_out) from channels_last weights), a block's are gathered
@@ -275,7 +273,7 @@ at::Tensor transform_weight(const at::Tensor& weight, bool turned, bool float_ge
 
 // The transformed weights of a slice of output channels in the layout of the GEMM that
 // multiplies by them: ATen's (points, K, N) operand (`matrices`, any strides), or, for float
-// GEMMs on a CPU with AVX-512 where they fit in cache, point_products' blocks (`packed`).
+// GEMMs on a CPU with AVX-512 or AVX2 where they fit in cache, point_products' blocks (`packed`).
 // `large`: more than kBudgetBytes, so no core's cache holds them.
 struct PointWeights {
   at::Tensor matrices, packed;
@@ -289,7 +287,7 @@ struct PointWeights {
       if (packed.defined()) {
         // named for the profiler, with u and m's shapes (tools/profile_stages.py counts its GEMMs)
         RECORD_FUNCTION("unet_fast::point_products", std::vector<c10::IValue>({u, m}));
-        const int64_t rows = u.size(1), per_point = packed.size(1) * k * kPackedColumns;
+        const int64_t rows = u.size(1), per_point = packed.size(1) * k * packed.size(3);
         point_products(u.const_data_ptr<float>() + first * rows * k, rows * k, count, rows, k,
                        packed.const_data_ptr<float>() + first * per_point, n,
                        m.mutable_data_ptr<float>() + first * rows * n, rows * n);
@@ -308,14 +306,9 @@ struct PointWeights {
   }
 };
 
-// Whether float GEMMs of transformed weights that fit in cache run by point_products here:
-// UNET_FAST_POINT_GEMM=0 (read once) keeps them in ATen's GEMM.
+// Whether float GEMMs of transformed weights that fit in cache run by point_products here.
 bool own_products(at::ScalarType gemm_type) {
-  static const bool enabled = [] {
-    const char* setting = std::getenv("UNET_FAST_POINT_GEMM");
-    return setting == nullptr || std::string_view(setting) != "0";
-  }();
-  return gemm_type == at::kFloat && enabled && point_products_available();
+  return gemm_type == at::kFloat && point_products_kernel() != nullptr;
 }
 
 // The transformed weights of output channels first .. first + count of `weight`, dim `out_dim`
@@ -335,7 +328,7 @@ PointWeights point_weights(const at::Tensor& weight, int64_t out_dim, int64_t fi
   if (!large && own_products(gemm_type)) {
     // rows K, columns N: the forward's filters taken (C_in, C_out)
     const at::Tensor by_rows = turned ? part : part.transpose(0, 1);
-    return {{}, transform_weight<W>(by_rows, turned, float_gemm, kPackedColumns), k, n, large};
+    return {{}, transform_weight<W>(by_rows, turned, float_gemm, point_products_columns()), k, n, large};
   }
   // (points, C_out, C_in): for the forward the transpose of its operand, for the data gradient the operand
   const at::Tensor wt =
