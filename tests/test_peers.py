@@ -35,3 +35,10 @@ def test_disagreement_is_flagged():
     timing = peers.PeerTiming("engine", 10.0, 5.0, 0.5, peers.FP32_AGREEMENT)
     assert not timing.agrees and timing.ours_faster == pytest.approx(2.0)
     assert "(!)" in peers.format_table([peers.PeerTiming("first", 1.0, 5.0, 0.0, 1e-3), timing], 188)
+
+
+def test_why_an_engine_did_not_run_is_printed_whole():
+    reason = "this CPU has no bf16 arithmetic"
+    missing = peers.PeerTiming("OpenVINO bf16", None, 5.0, None, peers.FP32_AGREEMENT, reason)
+    table = peers.format_table([peers.PeerTiming("first", 1.0, 5.0, 0.0, 1e-3), missing], 188)
+    assert f"| {reason} |" in table

@@ -183,7 +183,7 @@ def format_table(timings: list[PeerTiming], size: int) -> str:
              f"|{'-' * 36}|{'-' * 11}|{'-' * 13}|{'-' * 16}|"]
     for timing in timings:
         if timing.ms is None:
-            lines.append(f"| {timing.name:34s} | {'-':>9s} | {'-':>11s} | {timing.missing[:14]:>14s} |")
+            lines.append(f"| {timing.name:34s} | {'-':>9s} | {'-':>11s} | {timing.missing:>14s} |")
             continue
         verdict = f"{timing.difference:.1e}" + ("" if timing.agrees else " (!)")
         lines.append(f"| {timing.name:34s} | {timing.ms:6.0f} ms | {timing.ours_faster:10.2f}x | {verdict:>14s} |")
