@@ -88,7 +88,11 @@ def test_blockwise_equals_the_whole_image(run, large_image, tmp_path):
     crossing = np.unique(np.concatenate([labels[635:637].ravel(), labels[:, 635:637].ravel()]))
     assert len(crossing) > 10  # objects that span block borders were stitched
     probability = np.asarray(zarr.open_group(str(tmp_path / "labels.ome.zarr"), mode="r")["0"][0])
-    np.testing.assert_array_equal(probability > 0.5, expected > 0)
+    # where the two logits differ by less than float32 resolves at 0.5 (~1e-7), the probability
+    # is 0.5 exactly while argmax still takes a side: those pixels are ties, not disagreements
+    decided = probability != 0.5
+    assert decided.mean() > 0.999
+    np.testing.assert_array_equal((probability > 0.5)[decided], (expected > 0)[decided])
     assert not (tmp_path / "labels.ome.zarr" / stores.STATE).exists()
 
 
