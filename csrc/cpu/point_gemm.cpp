@@ -19,7 +19,7 @@
 namespace unet_fast {
 namespace {
 
-constexpr int kRows = 6;         // rows a step: with AVX-512, 6 x 4 accumulators, 4 weight vectors, a broadcast
+constexpr int kRows = 6;         // rows a step: 6 x 4 accumulators, 4 weight vectors, a broadcast (AVX-512)
 constexpr int64_t kDepth = 128;  // weight rows a pass: 32 KiB with AVX-512, 8 with AVX2
 
 // Vectors of `Lanes` floats, `Width` of them a row of a step.
@@ -30,9 +30,9 @@ struct Step {
 };
 
 // m (Rows x `columns` <= S::kColumns, row stride ldm) = (m if `accumulate`) + u (Rows x depth,
-// row stride ldu) @ b (depth x S::kColumns, packed). The pass's products
-// are summed on their own and then added: one sum of 1024 terms had a norm-wise error of
-// 1.2e-5 (F(6x6), 1024 channels).
+// row stride ldu) @ b (depth x S::kColumns, packed). The pass's products are summed on their
+// own and then added: one sum of 1024 terms had a norm-wise error of 1.2e-5 (F(6x6), 1024
+// channels).
 template <class S, int Rows>
 __attribute__((always_inline)) inline void block_product(const float* u, int64_t ldu, const float* b, int64_t depth,
                                                          float* m, int64_t ldm, int64_t columns, bool accumulate) {
@@ -47,7 +47,7 @@ __attribute__((always_inline)) inline void block_product(const float* u, int64_t
     for (int r = 0; r < Rows; ++r) {
       const float value = u[r * ldu + i];
 #pragma GCC unroll 4
-      for (int j = 0; j < kWidth; ++j) acc[r][j] += value * weights[j];  // an FMA: see products_avx2
+      for (int j = 0; j < kWidth; ++j) acc[r][j] += value * weights[j];  // one FMA: see products_avx512
     }
   }
   for (int r = 0; r < Rows; ++r) {
@@ -135,9 +135,10 @@ using Products = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, cons
 struct Kernel {
   const char* name;
   Products products;
-  int64_t columns;
+  int64_t columns;  // of a step, and of a block of the packed weights
 };
 
+// The kernel for this CPU and UNET_FAST_POINT_GEMM, chosen at the first call.
 Kernel chosen_kernel() {
   static const Kernel chosen = [] {
     const char* variable = std::getenv("UNET_FAST_POINT_GEMM");
