@@ -140,14 +140,18 @@ def test_channel_counts_off_the_products_blocks(c_in, c_out, block):
 
 
 POINT_GEMM_RUN = """
-import sys, torch
+import os, sys, torch
 from unet_fast.ops import conv3x3_bias_relu
 from unet_fast.ops.conv import tuned_backward
 g = torch.Generator().manual_seed(0)
 x, weight = torch.randn(2, 150, 20, 20, generator=g), torch.randn(140, 150, 3, 3, generator=g) * 0.04
 out = conv3x3_bias_relu(x, weight, None, True, backend="cpu")
 grad_x = tuned_backward(torch.ones_like(out), x, weight, out, [True, False, False])[0]
-torch.save([out, grad_x], sys.argv[1])
+by_aten = f"winograd{os.environ['UNET_FAST_WINOGRAD']}-aten"
+out_by_aten = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, True, by_aten)
+grad_x_by_aten = torch.ops.unet_fast.conv3x3_bias_relu_backward(
+    torch.ones_like(out), x, weight, out, [True, False, False], by_aten, "direct")[0]
+torch.save([[out, grad_x], [out_by_aten, grad_x_by_aten]], sys.argv[1])
 """
 
 
@@ -156,17 +160,20 @@ def test_the_products_by_the_own_kernel_and_by_aten_agree(tmp_path, block, kerne
     """UNET_FAST_POINT_GEMM=0 (read once, hence fresh processes) keeps the products in ATen's
     GEMM; with AVX-512 or AVX2 they are otherwise ours (=avx2: the AVX2 kernel, on an AVX-512
     CPU too), whose sums of more than 128 terms (150 and 140 channels here) are added up in
-    parts, so the roundings differ, within the bounds."""
-    results = []
+    parts, so the roundings differ, within the bounds. The algorithm winogradN-aten, which the
+    tuner measures beside winogradN, is ATen's products there: the same values, bit for bit."""
+    results = {}
     for setting in (kernel, "0"):
         path = tmp_path / f"{setting}.pt"
         env = {**os.environ, "UNET_FAST_POINT_GEMM": setting, "UNET_FAST_WINOGRAD": str(block)}
         subprocess.run([sys.executable, "-c", POINT_GEMM_RUN, str(path)], env=env, check=True, timeout=300)
-        results.append(torch.load(path))
-    for ours, aten in zip(*results):
-        norm_error, max_error = relative_errors(ours, aten.double())
+        results[setting] = torch.load(path)
+    (ours, by_aten), (aten, _) = results[kernel], results["0"]
+    for ours_pass, aten_pass, by_aten_pass in zip(ours, aten, by_aten):
+        norm_error, max_error = relative_errors(ours_pass, aten_pass.double())
         assert norm_error <= NORM_RTOL and max_error <= MAX_RTOL
-        assert not torch.equal(ours, aten)
+        assert not torch.equal(ours_pass, aten_pass)
+        assert torch.equal(by_aten_pass, aten_pass)
 
 
 POINT_GEMM_KERNEL = "import torch; from unet_fast import _C; print(_C.cpu_point_products_kernel())"

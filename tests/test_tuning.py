@@ -76,14 +76,16 @@ def test_a_scripted_timer_picks_the_named_candidate(monkeypatch):
 
 
 def test_candidates_run_three_times_near_the_best_twice_behind_and_once_far_behind(monkeypatch):
-    times = {"direct": 10.0, "nnpack": 12.0, "winograd4": 15.0, "winograd6": 19.0, "winograd2": 24.0, "nchw": 30.0}
+    times = {"direct": 10.0, "nnpack": 12.0, "winograd4": 15.0, "winograd6": 19.0, "winograd2": 24.0, "nchw": 30.0,
+             "winograd4-aten": 11.0, "winograd6-aten": 18.0, "winograd2-aten": 25.0}
     runs = scripted(monkeypatch, lambda shape, algorithm: times[algorithm])
     x, weight, bias = make()
     for _ in range(25):
         conv3x3_bias_relu(x, weight, bias)
     counts = {name: runs.count(("forward", name)) for name in tuning.candidates(tuning.ConvShape.of("forward", x, weight))}
-    assert counts == {name: wanted for name, wanted in [("direct", 3), ("nnpack", 3), ("winograd4", 2),
-                                                        ("winograd6", 2), ("winograd2", 1), ("nchw", 1)]
+    assert counts == {name: wanted for name, wanted in [("direct", 3), ("nnpack", 3), ("winograd4-aten", 3),
+                                                        ("winograd4", 2), ("winograd6-aten", 2), ("winograd6", 2),
+                                                        ("winograd2", 1), ("winograd2-aten", 1), ("nchw", 1)]
                       if name in counts}
 
 
@@ -128,9 +130,7 @@ def test_the_cache_is_keyed_by_version_and_threads(monkeypatch, changed):
     elif changed == "kernels":  # the extension rebuilt
         monkeypatch.setattr(tuning, "kernels_build", lambda: "another-build")
     elif changed == "point_products":  # UNET_FAST_POINT_GEMM=0, or another CPU's kernel
-        from unet_fast import _C
-
-        monkeypatch.setattr(_C, "cpu_point_products_kernel", lambda: "another-kernel")
+        monkeypatch.setattr(tuning, "_point_products_kernel", lambda: "another-kernel")
     elif changed == "torch":
         monkeypatch.setattr(torch, "__version__", "1.0.0-other")
     else:
@@ -155,7 +155,7 @@ def test_a_broken_cache_is_ignored_with_a_warning_and_replaced(monkeypatch, cont
     with pytest.warns(RuntimeWarning, match="ignoring the convolution tuning cache .*conv-algorithms-"):
         assert tuning.settled(shape).source == "rule"
     scripted(monkeypatch, lambda shape, algorithm: 1.0)
-    for _ in range(20):
+    for _ in range(3 * len(tuning.candidates(shape)) + 1):  # three runs each (all tie), then the call that settles
         conv3x3_bias_relu(x, weight, bias)
     assert json.loads(tuning.cache_path().read_text())["machine"] == tuning.machine()
 
@@ -243,8 +243,23 @@ def test_bf16_candidates_include_fp32_and_native_kernels_only_where_native():
     assert ("direct" in found) == (not onednn_emulates(torch.bfloat16))
 
 
+def test_products_by_aten_are_a_candidate_where_our_kernel_would_run_them():
+    """winogradN-aten differs from winogradN only in fp32 forwards and data gradients whose
+    transformed weights fit in cache, where our products kernel runs: only there is it measured."""
+    by_aten = {"winograd2-aten", "winograd4-aten", "winograd6-aten"} if tuning._point_products_kernel() else set()
+    narrow, wide = make(1, 64, 64, 20)[:2], make(1, 512, 512, 20)[:2]
+    for kind in ("forward", "data_grad"):
+        found = tuning.candidates(tuning.ConvShape.of(kind, *narrow))
+        assert {name for name in found if name.endswith("-aten")} == by_aten
+        assert not any(name.endswith("-aten") for name in tuning.candidates(tuning.ConvShape.of(kind, *wide)))
+        in_fp64 = tuning.ConvShape.of(kind, *(t.double() for t in narrow))
+        assert not any(name.endswith("-aten") for name in tuning.candidates(in_fp64))
+    assert not any(name.endswith("-aten") for name in tuning.candidates(tuning.ConvShape.of("weight_grad", *narrow)))
+
+
 @pytest.mark.parametrize("name,message", [
     ("fast", "unknown conv3x3 algorithm 'fast'"),
+    ("direct-aten", "unknown conv3x3 algorithm 'direct-aten'"),
     ("unfold", "computes fp32/fp64 weight gradients only"),
     ("float:direct", "computes bf16/fp16 in fp32"),
 ])

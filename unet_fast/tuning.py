@@ -2,7 +2,7 @@
 guessed from another machine.
 
 A CPU convolution can run by oneDNN's direct kernels (channels_last or NCHW), Winograd
-F(2x2)/F(4x4)/F(6x6), NNPACK, a GEMM of unfolded patches (narrow weight gradients), and in
+F(2x2)/F(4x4)/F(6x6) (its products by our kernel or by ATen's GEMM, where ours runs), NNPACK, a GEMM of unfolded patches (narrow weight gradients), and in
 bf16 natively or in fp32 rounded once (csrc/cpu/conv_algorithm.h). Which wins depends on the
 CPU: oneDNN's bf16 kernels are 2x faster than fp32 with AMX and slower than fp32 without it;
 its channels_last weight gradient is 3x slower than NCHW on AVX2. So for every shape a network
@@ -106,8 +106,30 @@ def onednn_native(dtype: str) -> bool:
         return False
 
 
+# csrc/cpu/winograd.cpp's kBudgetBytes: larger transformed weights are multiplied by ATen's GEMM
+OWN_PRODUCTS_WEIGHT_BYTES = 8 << 20
+
+
+@functools.cache
+def _point_products_kernel() -> str | None:
+    from unet_fast import _C
+
+    return _C.cpu_point_products_kernel()
+
+
+def _own_products_run(shape: ConvShape, block: int) -> bool:
+    """Whether Winograd F(block x block) multiplies by our products kernel (csrc/cpu/point_gemm.h)
+    in this pass, so that its products by ATen's GEMM are another candidate: fp32 forwards and
+    data gradients whose transformed weights fit in cache, on CPUs where the kernel runs. Which
+    GEMM is faster depends on the CPU and the layer (docs/winograd.md)."""
+    weight_bytes = (block + 2) ** 2 * shape.c_in * shape.c_out * 4
+    return (shape.kind != "weight_grad" and shape.dtype == "float32" and _point_products_kernel() is not None
+            and weight_bytes <= OWN_PRODUCTS_WEIGHT_BYTES)
+
+
 def _fp32_candidates(shape: ConvShape) -> list[str]:
     found = ["direct", "nchw", "winograd2", "winograd4", "winograd6"]
+    found += [f"winograd{block}-aten" for block in (2, 4, 6) if _own_products_run(shape, block)]
     if shape.kind == "forward" and shape.dtype == "float32" and torch.backends.nnpack.is_available():
         found.append("nnpack")
     if shape.kind == "weight_grad" and shape.c_in <= 16:
@@ -226,12 +248,10 @@ def machine() -> dict:
     """What the measurements depend on: the cache is one file per distinct value of this."""
     from unet_fast import __version__
 
-    from unet_fast import _C
-
     model, flags = _cpu()
     # UNET_FAST_POINT_GEMM changes what the Winograd passes cost
     return {"cpu": model, "cpu_flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "unet_fast": __version__, "kernels": kernels_build(), "point_products": _C.cpu_point_products_kernel()}
+            "unet_fast": __version__, "kernels": kernels_build(), "point_products": _point_products_kernel()}
 
 
 @functools.cache

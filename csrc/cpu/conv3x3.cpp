@@ -41,7 +41,7 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
     return forward_by(x, weight.to(x.scalar_type()), to_dtype(bias, x.scalar_type()), relu, algorithm);
   }
   if (winograd_in_float(algorithm, x.scalar_type())) {
-    return winograd_conv3x3(x, weight, bias, relu, algorithm.block, /*float_gemm=*/true);
+    return winograd_conv3x3(x, weight, bias, relu, algorithm.block, /*float_gemm=*/true, algorithm.aten_gemm);
   }
   if (algorithm.in_float) {
     ConvAlgorithm in_fp32 = algorithm;
@@ -50,7 +50,7 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
   }
   switch (algorithm.method) {
     case ConvMethod::kWinograd:
-      return winograd_conv3x3(x, weight, bias, relu, algorithm.block);
+      return winograd_conv3x3(x, weight, bias, relu, algorithm.block, /*float_gemm=*/false, algorithm.aten_gemm);
     case ConvMethod::kNchw:
       return conv3x3_forward(x, weight, bias, relu, at::MemoryFormat::Contiguous).contiguous(kChannelsLast);
     case ConvMethod::kFew:
@@ -69,7 +69,8 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
 at::Tensor unmasked_data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                                  const ConvAlgorithm& algorithm) {
   if (winograd_in_float(algorithm, grad.scalar_type())) {
-    return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/true);
+    return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/true, std::nullopt,
+                                      algorithm.aten_gemm);
   }
   if (algorithm.in_float) {
     ConvAlgorithm in_fp32 = algorithm;
@@ -80,7 +81,8 @@ at::Tensor unmasked_data_grad_by(const at::Tensor& grad, const at::Tensor& x, co
   }
   switch (algorithm.method) {
     case ConvMethod::kWinograd:
-      return winograd_conv3x3_data_grad(grad, weight, algorithm.block);
+      return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/false, std::nullopt,
+                                        algorithm.aten_gemm);
     case ConvMethod::kNchw:
       return vendor_conv3x3_grads(grad, x, weight, true, false, at::MemoryFormat::Contiguous)
           .first.contiguous(kChannelsLast);
@@ -98,7 +100,8 @@ at::Tensor data_grad_by(const at::Tensor& grad, const at::Tensor& x, const at::T
   }
   if (relu_input && algorithm.method == ConvMethod::kWinograd && x.scalar_type() == grad.scalar_type() &&
       (!algorithm.in_float || winograd_in_float(algorithm, grad.scalar_type()))) {
-    return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/algorithm.in_float, x);
+    return winograd_conv3x3_data_grad(grad, weight, algorithm.block, /*float_gemm=*/algorithm.in_float, x,
+                                      algorithm.aten_gemm);
   }
   at::Tensor grad_x = unmasked_data_grad_by(grad, x, weight, algorithm).contiguous(kChannelsLast);
   if (relu_input) relu_grad_in_place(grad_x, x);

@@ -10,6 +10,13 @@ namespace unet_fast {
 namespace {
 
 constexpr std::string_view kFloatPrefix = "float:";
+constexpr std::string_view kAtenGemmSuffix = "-aten";
+
+// name without `suffix` where it ends in it, else name.
+std::string_view without_suffix(std::string_view name, std::string_view suffix) {
+  const bool ends = name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix;
+  return ends ? name.substr(0, name.size() - suffix.size()) : name;
+}
 
 const char* pass_name(ConvPass pass) {
   switch (pass) {
@@ -30,9 +37,11 @@ ConvAlgorithm parse_method(std::string_view name, ConvPass pass, at::ScalarType 
     algorithm.method = ConvMethod::kDirect;
   } else if (name == "nchw") {
     algorithm.method = ConvMethod::kNchw;
-  } else if (name == "winograd2" || name == "winograd4" || name == "winograd6") {
+  } else if (const std::string_view winograd = without_suffix(name, kAtenGemmSuffix);
+             winograd == "winograd2" || winograd == "winograd4" || winograd == "winograd6") {
     algorithm.method = ConvMethod::kWinograd;
-    algorithm.block = name.back() - '0';
+    algorithm.block = winograd.back() - '0';
+    algorithm.aten_gemm = winograd.size() != name.size();
     TORCH_CHECK(dtype != at::kHalf && (dtype != at::kBFloat16 || algorithm.block == 2),
                 "conv3x3 algorithm '", full, "' does not run in ", dtype,
                 (dtype == at::kBFloat16 ? " (bf16 takes winograd2, or float:winograd4/6)" : " (try float:)"));
@@ -51,8 +60,8 @@ ConvAlgorithm parse_method(std::string_view name, ConvPass pass, at::ScalarType 
                 "' computes fp32/fp64 forwards and weight gradients only, not the ", pass_name(pass), " in ", dtype);
   } else {
     TORCH_CHECK(false, "unknown conv3x3 algorithm '", full,
-                "': expected direct, nchw, winograd2, winograd4, winograd6, unfold, nnpack, few, or float:NAME for "
-                "bf16/fp16");
+                "': expected direct, nchw, winograd2, winograd4, winograd6 (or winogradN-aten: the products "
+                "by ATen's GEMM), unfold, nnpack, few, or float:NAME for bf16/fp16");
   }
   return algorithm;
 }

@@ -3,7 +3,10 @@
 //   direct      oneDNN's convolution, channels_last (then relu_: oneDNN's ReLU post-op drops NaN)
 //   nchw        oneDNN's convolution in NCHW, converted to and from channels_last
 //   winograd2, winograd4, winograd6
-//               Winograd F(m x m, 3x3) (csrc/cpu/winograd.cpp); in bf16 only winograd2
+//               Winograd F(m x m, 3x3) (csrc/cpu/winograd.cpp); in bf16 only winograd2. Its
+//               float products by our kernel where it runs (csrc/cpu/point_gemm.h)
+//   winograd2-aten, winograd4-aten, winograd6-aten
+//               the same with every product by ATen's GEMM (MKL/oneDNN)
 //   unfold      the weight gradient as one GEMM of the gradient with the unfolded input
 //   nnpack      NNPACK's forward (fp32, where torch has it)
 //   few         our direct forward and weight gradient for inputs of few channels
@@ -23,6 +26,7 @@ enum class ConvMethod { kDirect, kNchw, kWinograd, kUnfold, kNnpack, kFew };
 struct ConvAlgorithm {
   ConvMethod method = ConvMethod::kDirect;
   int block = 0;          // the Winograd output block
+  bool aten_gemm = false;  // Winograd's products by ATen's GEMM, never by point_products
   bool in_float = false;  // computed in fp32 and rounded
 };
 

@@ -41,7 +41,7 @@ at::Tensor crop_concat_conv3x3_cpu(const at::Tensor& up, const at::Tensor& skip,
   const int64_t h = up.size(2), w = up.size(3);
   const at::Tensor window =
       skip.narrow(2, center_crop_offset(skip.size(2), h), h).narrow(3, center_crop_offset(skip.size(3), w), w);
-  return winograd_conv3x3({up, window}, weight, bias, relu, parsed.block);
+  return winograd_conv3x3({up, window}, weight, bias, relu, parsed.block, /*float_gemm=*/false, parsed.aten_gemm);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_concat_conv3x3_backward_cpu(

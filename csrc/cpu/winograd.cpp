@@ -306,9 +306,10 @@ struct PointWeights {
   }
 };
 
-// Whether float GEMMs of transformed weights that fit in cache run by point_products here.
-bool own_products(at::ScalarType gemm_type) {
-  return gemm_type == at::kFloat && point_products_kernel() != nullptr;
+// Whether float GEMMs of transformed weights that fit in cache run by point_products here
+// (unless the caller asks for ATen's: `aten_gemm`).
+bool own_products(at::ScalarType gemm_type, bool aten_gemm) {
+  return gemm_type == at::kFloat && !aten_gemm && point_products_kernel() != nullptr;
 }
 
 // The transformed weights of output channels first .. first + count of `weight`, dim `out_dim`
@@ -318,14 +319,15 @@ bool own_products(at::ScalarType gemm_type) {
 // which ATen's GEMM does as well, and the forward's packed layout, whose output channels are
 // the innermost, would have to be gathered across the channels_last weights.
 template <class W>
-PointWeights point_weights(const at::Tensor& weight, int64_t out_dim, int64_t first, int64_t count, bool float_gemm) {
+PointWeights point_weights(const at::Tensor& weight, int64_t out_dim, int64_t first, int64_t count, bool float_gemm,
+                           bool aten_gemm) {
   constexpr int kPoints = W::kTile * W::kTile;
   const at::Tensor part = weight.narrow(out_dim, first, count);
   const int64_t k = part.size(1 - out_dim), n = count;
   const bool turned = out_dim == 1;
   const auto gemm_type = float_gemm ? at::kFloat : weight.scalar_type();
   const bool large = kPoints * k * n * int64_t(c10::elementSize(gemm_type)) > kBudgetBytes;
-  if (!large && own_products(gemm_type)) {
+  if (!large && own_products(gemm_type, aten_gemm)) {
     // rows K, columns N: the forward's filters taken (C_in, C_out)
     const at::Tensor by_rows = turned ? part : part.transpose(0, 1);
     return {{}, transform_weight<W>(by_rows, turned, float_gemm, point_products_columns()), k, n, large};
@@ -778,7 +780,7 @@ int64_t channels_a_slice(int64_t budget, int64_t points, int64_t channels, int64
 // slice of output channels at a time: each slice's weights transformed, then all tiles swept.
 template <class W>
 void winograd_in_slices(at::TensorList x, int64_t pad, const at::Tensor& weight, int64_t out_dim,
-                        const OutputFinish& finish, bool float_gemm, at::Tensor& out) {
+                        const OutputFinish& finish, bool float_gemm, bool aten_gemm, at::Tensor& out) {
   constexpr int kPoints = W::kTile * W::kTile;
   const int64_t channels = out.size(1);
   const auto gemm_type = float_gemm ? at::kFloat : weight.scalar_type();
@@ -786,7 +788,7 @@ void winograd_in_slices(at::TensorList x, int64_t pad, const at::Tensor& weight,
                                          int64_t(c10::elementSize(gemm_type)));
   for (int64_t first = 0; first < channels; first += slice) {
     const int64_t count = std::min(slice, channels - first);
-    const PointWeights weights = point_weights<W>(weight, out_dim, first, count, float_gemm);
+    const PointWeights weights = point_weights<W>(weight, out_dim, first, count, float_gemm, aten_gemm);
     at::Tensor out_slice = out.narrow(1, first, count);
     with_types(x[0].scalar_type(), float_gemm, "winograd_conv3x3", [&](auto storage, auto gemm) {
       winograd_typed<W, decltype(storage), decltype(gemm)>(x, pad, weights, finish.channels(first, count),
@@ -797,7 +799,7 @@ void winograd_in_slices(at::TensorList x, int64_t pad, const at::Tensor& weight,
 
 template <class W>
 at::Tensor forward(at::TensorList sources, const at::Tensor& weight, const std::optional<at::Tensor>& bias, bool relu,
-                   bool float_gemm) {
+                   bool float_gemm, bool aten_gemm) {
   std::vector<at::Tensor> x;
   for (const at::Tensor& source : sources) x.push_back(with_channels_innermost(source));
   const int64_t c_out = weight.size(0);
@@ -805,13 +807,13 @@ at::Tensor forward(at::TensorList sources, const at::Tensor& weight, const std::
                              x[0].options().memory_format(at::MemoryFormat::ChannelsLast));
   const auto options = acc_options(x[0]);
   const at::Tensor bias_values = bias ? bias->to(options.dtype()).contiguous() : at::zeros({c_out}, options);
-  winograd_in_slices<W>(x, 0, weight, 0, {bias_values, relu}, float_gemm, out);
+  winograd_in_slices<W>(x, 0, weight, 0, {bias_values, relu}, float_gemm, aten_gemm, out);
   return out;
 }
 
 template <class W>
 at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight, bool float_gemm,
-                     const std::optional<at::Tensor>& relu_output) {
+                     const std::optional<at::Tensor>& relu_output, bool aten_gemm) {
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t c_in = weight.size(1);
   at::Tensor grad_x = at::empty({grad.size(0), c_in, grad.size(2) + 2, grad.size(3) + 2},
@@ -824,7 +826,7 @@ at::Tensor data_grad(const at::Tensor& grad_in, const at::Tensor& weight, bool f
   // The full convolution with the weights turned by 180 degrees and C_in, C_out swapped.
   const OutputFinish finish{at::zeros({c_in}, acc_options(grad)), false,
                             relu_output ? with_channels_innermost(*relu_output) : at::Tensor()};
-  winograd_in_slices<W>(grad, 2, weight, 1, finish, float_gemm, grad_x);
+  winograd_in_slices<W>(grad, 2, weight, 1, finish, float_gemm, aten_gemm, grad_x);
   return grad_x;
 }
 
@@ -892,19 +894,22 @@ at::Tensor with_block(int block, Fn&& fn) {
 }  // namespace
 
 at::Tensor winograd_conv3x3(at::TensorList x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                            bool relu, int block, bool float_gemm) {
+                            bool relu, int block, bool float_gemm, bool aten_gemm) {
   TORCH_CHECK(!x.empty(), "winograd_conv3x3: no input");
   for (const at::Tensor& source : x) {
     TORCH_CHECK(source.dim() == 4 && source.size(0) == x[0].size(0) && source.size(2) == x[0].size(2) &&
                     source.size(3) == x[0].size(3) && source.scalar_type() == x[0].scalar_type(),
                 "winograd_conv3x3: the sources joined along the channels need one batch, height, width and dtype");
   }
-  return with_block(block, [&](auto w) { return forward<decltype(w)>(x, weight, bias, relu, float_gemm); });
+  return with_block(block,
+                    [&](auto w) { return forward<decltype(w)>(x, weight, bias, relu, float_gemm, aten_gemm); });
 }
 
 at::Tensor winograd_conv3x3_data_grad(const at::Tensor& grad, const at::Tensor& weight, int block, bool float_gemm,
-                                      const std::optional<at::Tensor>& relu_output) {
-  return with_block(block, [&](auto w) { return data_grad<decltype(w)>(grad, weight, float_gemm, relu_output); });
+                                      const std::optional<at::Tensor>& relu_output, bool aten_gemm) {
+  return with_block(block, [&](auto w) {
+    return data_grad<decltype(w)>(grad, weight, float_gemm, relu_output, aten_gemm);
+  });
 }
 
 at::Tensor winograd_conv3x3_weight_grad(const at::Tensor& grad, const at::Tensor& x, int block, bool float_gemm,
