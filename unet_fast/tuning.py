@@ -2,16 +2,18 @@
 guessed from another machine.
 
 A CPU convolution can run by oneDNN's direct kernels (channels_last or NCHW), Winograd
-F(2x2)/F(4x4)/F(6x6) (its products by our kernel or by ATen's GEMM, where ours runs), NNPACK, a GEMM of unfolded patches (narrow weight gradients), and in
-bf16 natively or in fp32 rounded once (csrc/cpu/conv_algorithm.h). Which wins depends on the
-CPU: oneDNN's bf16 kernels are 2x faster than fp32 with AMX and slower than fp32 without it;
-its channels_last weight gradient is 3x slower than NCHW on AVX2. So for every shape a network
-meets (per pass: forward, data gradient, weight gradient; and per dtype) the first calls each
-run one candidate as the real computation and time it, round by round, until every candidate
-has run twice (one more than twice as slow as the best, once; one within 1.25x of it, three
-times); the fastest is kept, in memory and in
-an on-disk cache keyed by the CPU's model and flags, the thread count and the torch and
-unet_fast versions. Exploring costs only the difference to the best, on the first few calls
+F(2x2)/F(4x4)/F(6x6) (its products by our kernel or by ATen's GEMM, where ours runs), NNPACK,
+a GEMM of unfolded patches (narrow weight gradients), and in bf16 natively or in fp32 rounded
+once (csrc/cpu/conv_algorithm.h). Which wins depends on the CPU: oneDNN's bf16 kernels are 2x
+faster than fp32 with AMX and slower than fp32 without it; its channels_last weight gradient
+is 3x slower than NCHW on AVX2. So for every shape a network meets (per pass: forward, data
+gradient, weight gradient; and per dtype) the first calls each run one candidate as the real
+computation and time it, round by round, until every candidate has run twice (one more than
+twice as slow as the best, once; one within 1.25x of it, three times); the fastest is kept,
+in memory and in an on-disk cache keyed by the CPU's model and flags, the thread count and
+the torch and unet_fast versions. A pass's first run in a process is not counted: it pays for
+fresh pages and cold caches that later runs do not (the 572 U-Net's first forward of 64 -> 64
+at 568 by F(6x6) took 203 ms, later ones 72-89), so counted, it could rule out the best. Exploring costs only the difference to the best, on the first few calls
 of a shape; the results of every candidate agree within the stated tolerances
 (tests/test_tuning.py). :func:`tune` (``unet-fast tune``) settles every shape of a network
 ahead of time. The hand-written rule of :func:`cold_start` is used where nothing is measured
@@ -279,6 +281,7 @@ class _Table:
         self.path = cache_path(about)
         self.settled: dict[str, Choice] = {}
         self.trials: dict[str, dict[str, list[float]]] = {}
+        self.warmed: set[str] = set()  # passes run once already in this process
         for choice in _read_cache(self.path, about):
             self.settled[choice.shape.key()] = choice
 
@@ -413,7 +416,11 @@ def run(shape: ConvShape, call: Callable[[str], T], can_measure: bool = True) ->
         if algorithm is not None:
             result, seconds = _timed(shape, algorithm, call)
             with _lock:
-                _table().trials.setdefault(shape.key(), {}).setdefault(algorithm, []).append(seconds)
+                table = _table()
+                if shape.key() in table.warmed:
+                    table.trials.setdefault(shape.key(), {}).setdefault(algorithm, []).append(seconds)
+                else:  # not counted: the pass's first run pays for what later ones do not
+                    table.warmed.add(shape.key())
                 _explored += 1
             return result
     return call(settled(shape).algorithm)
