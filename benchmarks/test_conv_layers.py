@@ -3,7 +3,8 @@ gradient, weight gradient), CPU, in fp32 and bf16:
 - reference: the reference's form, NCHW (F.conv2d + F.relu; aten's convolution_backward for
   the one gradient),
 - every algorithm unet_fast.tuning can choose from for that pass on this machine, by name
-  (direct, nchw, winograd2/4/6, nnpack, unfold, few; bf16 natively and float:NAME, in fp32),
+  (direct, nchw, winograd2/4/6 and their products by ATen's GEMM winogradN-aten, nnpack, unfold,
+  few; bf16 natively and float:NAME, in fp32),
 - tuned: the choice unet_fast.tuning measured (settled before timing).
 The backward passes start from a given output gradient (ours also applies the ReLU mask).
 

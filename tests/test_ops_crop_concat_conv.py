@@ -155,7 +155,7 @@ def test_the_joined_tensor_is_not_kept_for_backward(backend, device):
     assert saved and all(len(shape) != 4 or shape[1] != joined_channels or shape[0] != up.shape[0] for shape in saved)
 
 
-@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4", "winograd6"])
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4", "winograd6", "winograd4-aten"])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("up_shape,skip_shape", SHAPES + [((2, 40, 17, 19), (2, 24, 30, 24))])
 def test_winograd_reads_up_and_the_skip_window_where_they_lie(algorithm, dtype, tolerance, up_shape, skip_shape):

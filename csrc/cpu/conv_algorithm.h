@@ -25,9 +25,9 @@ enum class ConvMethod { kDirect, kNchw, kWinograd, kUnfold, kNnpack, kFew };
 
 struct ConvAlgorithm {
   ConvMethod method = ConvMethod::kDirect;
-  int block = 0;          // the Winograd output block
+  int block = 0;           // the Winograd output block
   bool aten_gemm = false;  // Winograd's products by ATen's GEMM, never by point_products
-  bool in_float = false;  // computed in fp32 and rounded
+  bool in_float = false;   // computed in fp32 and rounded
 };
 
 // Parses `name` for one pass in `dtype`; a name that does not exist, or cannot run that pass
