@@ -7,10 +7,11 @@
 #
 #   tools/gpu_check.sh [--dry-run] [REPORT]        (REPORT: default ./gpu-check.md)
 #
-# --dry-run does the same on a machine without a GPU, on the CPU: the extension without CUDA,
-# one test file, a 188x188 U-Net, one round. A check of the script, not a measurement.
-# PYTHON (default python3) is the interpreter that has torch; unet_fast is installed into a
-# scratch folder put first on its path. The repository is not written to.
+# --dry-run does the same on a machine without a GPU, on the CPU: unet_fast as PYTHON has it
+# installed (the build from the tracked files is tools/cuda_compile_check.sh's check), one test
+# file, a 188x188 U-Net, one round. A check of the script, not a measurement.
+# PYTHON (default python3) is the interpreter that has torch; unet_fast is built into a scratch
+# folder put first on its path. The repository is not written to.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dry_run=0
@@ -25,11 +26,12 @@ if [ $dry_run = 0 ] && ! "$python" -c "import sys, torch; sys.exit(not torch.cud
   exit 2
 fi
 
-echo "== building unet_fast"
 mkdir -p "$work/src"
 (cd "$root" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/src")
-kernels="CPU kernels only (dry run)"
-if [ $dry_run = 0 ]; then
+if [ $dry_run = 1 ]; then
+  echo "not built (dry run): unet_fast as $python has it installed" | tee "$work/build.txt"
+else
+  echo "== building unet_fast"
   if [ -z "${CUDA_HOME:-}" ]; then
     for candidate in /usr/local/cuda /usr/local/cuda-*; do
       if [ -x "$candidate/bin/nvcc" ]; then export CUDA_HOME=$candidate; break; fi
@@ -37,16 +39,16 @@ if [ $dry_run = 0 ]; then
   fi
   export UNET_FAST_CUDA=1
   export UNET_FAST_CUDA_ARCH=${UNET_FAST_CUDA_ARCH:-$("$python" -c "import torch; print('%d%d' % torch.cuda.get_device_capability())")}
-  kernels="CUDA kernels for sm_$UNET_FAST_CUDA_ARCH, CUDA_HOME=${CUDA_HOME:-unset}"
+  start=$(date +%s)
+  if ! MAX_JOBS=${MAX_JOBS:-$(nproc)} "$python" -m pip install --quiet --no-build-isolation --no-deps --no-index \
+      --target "$work/site" "$work/src" > "$work/build.log" 2>&1; then
+    cat "$work/build.log" >&2
+    exit 1
+  fi
+  echo "built in $(( $(date +%s) - start )) s: CUDA kernels for sm_$UNET_FAST_CUDA_ARCH, CUDA_HOME=${CUDA_HOME:-unset}" \
+    | tee "$work/build.txt"
+  export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-start=$(date +%s)
-if ! MAX_JOBS=${MAX_JOBS:-$(nproc)} "$python" -m pip install --quiet --no-build-isolation --no-deps --no-index \
-    --target "$work/site" "$work/src" > "$work/build.log" 2>&1; then
-  cat "$work/build.log" >&2
-  exit 1
-fi
-echo "built in $(( $(date +%s) - start )) s: $kernels" | tee "$work/build.txt"
-export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== tests"
 if [ $dry_run = 1 ]; then
