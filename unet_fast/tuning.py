@@ -13,11 +13,12 @@ twice as slow as the best, once; one within 1.25x of it, three times); the faste
 in memory and in an on-disk cache keyed by the CPU's model and flags, the thread count and
 the torch and unet_fast versions. A pass's first run in a process is not counted: it pays for
 fresh pages and cold caches that later runs do not (the 572 U-Net's first forward of 64 -> 64
-at 568 by F(6x6) took 203 ms, later ones 72-89), so counted, it could rule out the best. Exploring costs only the difference to the best, on the first few calls
-of a shape; the results of every candidate agree within the stated tolerances
-(tests/test_tuning.py). :func:`tune` (``unet-fast tune``) settles every shape of a network
-ahead of time. The hand-written rule of :func:`cold_start` is used where nothing is measured
-yet and tuning is off or impossible (``UNET_FAST_TUNE=0``, under torch.compile).
+at 568 by F(6x6) took 203 ms, later ones 72-89), so counted, it could rule out the best.
+Exploring costs only the difference to the best, on the first few calls of a shape; the
+results of every candidate agree within the stated tolerances (tests/test_tuning.py).
+:func:`tune` (``unet-fast tune``) settles every shape of a network ahead of time. The
+hand-written rule of :func:`cold_start` is used where nothing is measured yet and tuning is
+off or impossible (``UNET_FAST_TUNE=0``, under torch.compile).
 
 Environment: ``UNET_FAST_TUNE=0`` turns measuring off (the rule, no cache);
 ``UNET_FAST_CACHE_DIR`` moves the cache (default: ``$XDG_CACHE_HOME/unet_fast`` or
