@@ -399,8 +399,12 @@ UNET_FAST_CPU_CLONES void output_transform(const G* m, int64_t point_stride, int
     if (relu_rows) {
       const T* relu_column[kOut];
       for (int p = 0; p < kOut; ++p) relu_column[p] = relu_rows[p] + q * relu_pixel_stride;
-      const auto through_relu_backward = [bias, &relu_column](int p, int64_t c, A value) {
-        return load_value(relu_column[p] + c) <= A(0) ? A(0) : value + bias[c];  // a NaN output passes it on
+      // Zero where the ReLU's output is <= 0; a NaN output passes the gradient on. Both sides computed, and
+      // the test as a NaN check and an ordered compare: a select the loop vectorizes (GCC keeps `r <= 0 ? 0 :
+      // ...` scalar, its negation unordered, and would not load bias[c] for one side only).
+      const auto through_relu_backward = [bias, relu_column](int p, int64_t c, A value) {
+        const A passed = value + bias[c], r = load_value(relu_column[p] + c);
+        return r > A(0) || r != r ? passed : A(0);
       };
       combine<kOut, kTile>(at, column, out, channels, through_relu_backward);
     } else if (relu) {
