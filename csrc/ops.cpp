@@ -50,6 +50,11 @@ PyObject* cpu_point_products_kernel(PyObject*, PyObject*) {
   }
 }
 
+// Bytes of transformed weights up to which point_products multiplies by them (csrc/cpu/point_gemm.h).
+PyObject* cpu_point_products_max_weight_bytes(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(unet_fast::kPointProductsMaxWeightBytes);
+}
+
 // [GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for `seconds` (csrc/cpu/fma_peak.h).
 PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
   const double seconds = PyFloat_AsDouble(arg);
@@ -75,6 +80,8 @@ PyMethodDef methods[] = {
     {"cpu_has_avx512", cpu_has_avx512, METH_NOARGS, "whether the CPU kernels run for AVX-512"},
     {"cpu_point_products_kernel", cpu_point_products_kernel, METH_NOARGS,
      "the kernel of the Winograd products: 'avx512', 'avx2' or None (ATen's GEMM)"},
+    {"cpu_point_products_max_weight_bytes", cpu_point_products_max_weight_bytes, METH_NOARGS,
+     "bytes of transformed weights up to which that kernel multiplies by them"},
     {"cpu_fma_peak_gflops", cpu_fma_peak_gflops, METH_O,
      "[GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for the given seconds"},
     {nullptr, nullptr, 0, nullptr}};

@@ -287,7 +287,7 @@ def test_products_by_aten_are_a_candidate_where_our_kernel_would_run_them():
 @pytest.mark.parametrize("c_out", [252, 253], ids=["fits", "over"])
 def test_the_products_by_aten_are_a_candidate_up_to_the_kernels_weight_limit(c_out):
     """F(6x6) from 130 channels: 252 output channels take 64 x 130 x 252 x 4 bytes of transformed
-    weights, just within the 8 MiB our kernel multiplies by (csrc/cpu/winograd.cpp), 253 just
+    weights, just within the 8 MiB our kernel multiplies by (csrc/cpu/point_gemm.h), 253 just
     over it. winograd6-aten is a candidate exactly where it computes something else than
     winograd6: our kernel's sums of 130 terms, in two parts, round differently from ATen's."""
     if tuning._point_products_kernel() is None:

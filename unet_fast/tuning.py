@@ -109,15 +109,19 @@ def onednn_native(dtype: str) -> bool:
         return False
 
 
-# csrc/cpu/winograd.cpp's kBudgetBytes: larger transformed weights are multiplied by ATen's GEMM
-OWN_PRODUCTS_WEIGHT_BYTES = 8 << 20
-
-
 @functools.cache
 def _point_products_kernel() -> str | None:
     from unet_fast import _C
 
     return _C.cpu_point_products_kernel()
+
+
+@functools.cache
+def _point_products_max_weight_bytes() -> int:
+    """Larger transformed weights are multiplied by ATen's GEMM (csrc/cpu/point_gemm.h)."""
+    from unet_fast import _C
+
+    return _C.cpu_point_products_max_weight_bytes()
 
 
 def _own_products_run(shape: ConvShape, block: int) -> bool:
@@ -127,7 +131,7 @@ def _own_products_run(shape: ConvShape, block: int) -> bool:
     GEMM is faster depends on the CPU and the layer (docs/winograd.md)."""
     weight_bytes = (block + 2) ** 2 * shape.c_in * shape.c_out * 4
     return (shape.kind != "weight_grad" and shape.dtype == "float32" and _point_products_kernel() is not None
-            and weight_bytes <= OWN_PRODUCTS_WEIGHT_BYTES)
+            and weight_bytes <= _point_products_max_weight_bytes())
 
 
 def _fp32_candidates(shape: ConvShape) -> list[str]:

@@ -15,6 +15,11 @@ namespace unet_fast {
 // reads its weights from one contiguous block.
 int64_t point_products_columns();
 
+// The largest transformed weights of a Winograd pass (all points) that point_products multiplies
+// by: larger ones no core's cache holds, and ATen's GEMM multiplies by them point by point
+// (csrc/cpu/winograd.cpp). The tuner reads it to know where the two GEMMs differ.
+constexpr int64_t kPointProductsMaxWeightBytes = 8 << 20;
+
 // The kernel point_products runs here, "avx512" or "avx2" (with FMA), or nullptr where it does
 // not run and the caller uses ATen's GEMM: on other CPUs, or with UNET_FAST_POINT_GEMM=0. With
 // UNET_FAST_POINT_GEMM=avx2 a CPU with AVX-512 runs the AVX2 kernel (tests). Read once; another

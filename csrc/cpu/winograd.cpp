@@ -274,7 +274,7 @@ at::Tensor transform_weight(const at::Tensor& weight, bool turned, bool float_ge
 // The transformed weights of a slice of output channels in the layout of the GEMM that
 // multiplies by them: ATen's (points, K, N) operand (`matrices`, any strides), or, for float
 // GEMMs on a CPU with AVX-512 or AVX2 where they fit in cache, point_products' blocks (`packed`).
-// `large`: more than kBudgetBytes, so no core's cache holds them.
+// `large`: more than kPointProductsMaxWeightBytes, so no core's cache holds them.
 struct PointWeights {
   at::Tensor matrices, packed;
   int64_t k, n;
@@ -326,7 +326,7 @@ PointWeights point_weights(const at::Tensor& weight, int64_t out_dim, int64_t fi
   const int64_t k = part.size(1 - out_dim), n = count;
   const bool turned = out_dim == 1;
   const auto gemm_type = float_gemm ? at::kFloat : weight.scalar_type();
-  const bool large = kPoints * k * n * int64_t(c10::elementSize(gemm_type)) > kBudgetBytes;
+  const bool large = kPoints * k * n * int64_t(c10::elementSize(gemm_type)) > kPointProductsMaxWeightBytes;
   if (!large && own_products(gemm_type, aten_gemm)) {
     // rows K, columns N: the forward's filters taken (C_in, C_out)
     const at::Tensor by_rows = turned ? part : part.transpose(0, 1);
@@ -642,7 +642,7 @@ void winograd_by_piece(at::TensorList x, int64_t pad, const TileGrid& grid, cons
   });
 }
 
-// The same convolution for transformed weights too large to stay in cache (over kBudgetBytes):
+// The same convolution for transformed weights too large to stay in cache (over kPointProductsMaxWeightBytes):
 // all threads share chunks of tiles within about kByPointBudgetBytes, and each chunk's
 // products are made point by point, so that each point's weights are read once a chunk, not
 // once a piece of each thread. Three parallel regions a chunk: input transforms, products, output transforms.
