@@ -35,6 +35,24 @@ PyObject* buffer_pool_set_idle_seconds(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
+// A guard of the CPU buffer pool (csrc/cpu/buffer_pool.h) for Python: this thread's large CPU
+// allocations come from the pool until the returned capsule is freed.
+PyObject* buffer_pool_guard(PyObject*, PyObject*) {
+  constexpr const char* kName = "unet_fast.PooledAllocations";
+  unet_fast::PooledAllocations* guard = nullptr;
+  try {
+    guard = new unet_fast::PooledAllocations();
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what_without_backtrace());
+    return nullptr;
+  }
+  PyObject* capsule = PyCapsule_New(guard, kName, [](PyObject* held) {
+    delete static_cast<unet_fast::PooledAllocations*>(PyCapsule_GetPointer(held, kName));
+  });
+  if (capsule == nullptr) delete guard;
+  return capsule;
+}
+
 // Whether the CPU kernels take their AVX-512 loops and measured choices (docs/winograd.md).
 PyObject* cpu_has_avx512(PyObject*, PyObject*) { return PyBool_FromLong(unet_fast::cpu_has_avx512()); }
 
@@ -77,6 +95,8 @@ PyMethodDef methods[] = {
     {"buffer_pool_empty_cache", buffer_pool_empty_cache, METH_NOARGS, "frees the pool's cached CPU buffers"},
     {"buffer_pool_set_idle_seconds", buffer_pool_set_idle_seconds, METH_O,
      "seconds a cached CPU buffer may stay idle before the pool frees it"},
+    {"buffer_pool_guard", buffer_pool_guard, METH_NOARGS,
+     "a capsule: while it lives, this thread's large CPU allocations come from the pool"},
     {"cpu_has_avx512", cpu_has_avx512, METH_NOARGS, "whether the CPU kernels run for AVX-512"},
     {"cpu_point_products_kernel", cpu_point_products_kernel, METH_NOARGS,
      "the kernel of the Winograd products: 'avx512', 'avx2' or None (ATen's GEMM)"},

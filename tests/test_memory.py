@@ -115,6 +115,22 @@ def test_allocations_outside_the_ops_are_not_pooled():
     assert memory.cpu_pool_stats() == before
 
 
+def test_pooled_cpu_allocations_pool_this_threads_large_allocations():
+    conv3x3_bias_relu(X, W, backend="cpu")  # the pool in place
+    before = memory.cpu_pool_stats().in_use_bytes
+    with memory.pooled_cpu_allocations():
+        with memory.pooled_cpu_allocations():
+            inner = torch.empty(4 << 20)
+        outer = torch.empty(4 << 20)  # still pooled: the inner block ended only itself
+        assert memory.cpu_pool_stats().in_use_bytes >= before + inner.nbytes + outer.nbytes
+    del inner, outer
+    after = memory.cpu_pool_stats()
+    assert after.in_use_bytes == before
+    big = torch.empty(4 << 20)  # outside: glibc's
+    assert memory.cpu_pool_stats() == after
+    del big
+
+
 def test_pooled_memory_counts_in_the_profiler():
     output_mb = X.shape[0] * 16 * 130 * 130 * 4 / 2**20
     assert peak_memory_mb(lambda: conv3x3_bias_relu(X, W, backend="cpu"), X.device) >= output_mb

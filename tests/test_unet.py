@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import unet_fast
-from unet_fast import reference
+from unet_fast import memory, reference, unet
+from unet_fast.ops import backends
 
 from conftest import DEVICE, backends_for, onednn_emulates
 
@@ -140,6 +141,29 @@ def test_double_backward_gives_the_references_second_derivatives(backend):
         elif got is not None:
             assert not got.any(), name
     assert nonzero >= 7
+
+
+@pytest.mark.skipif(not backends.extension_loaded(), reason="the pool belongs to the C++ extension")
+def test_the_heads_gradients_come_from_the_pool_and_equal_the_convolutions():
+    head = torch.nn.Conv2d(16, 2, 1)
+    x = torch.randn(1, 16, 132, 132, requires_grad=True)  # its gradient: 1.06 MiB, pooled
+    grad_out = torch.randn(1, 2, 132, 132)
+    want = torch.autograd.grad(head(x), (x, head.weight, head.bias), grad_out)
+    out = unet._head(head, x)
+    torch.testing.assert_close(out, head(x), rtol=0, atol=0)
+    before = memory.cpu_pool_stats().in_use_bytes
+    got = torch.autograd.grad(out, (x, head.weight, head.bias), grad_out)
+    assert memory.cpu_pool_stats().in_use_bytes >= before + got[0].nbytes
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_the_pooled_head_has_first_and_second_derivatives():
+    head = torch.nn.Conv2d(3, 2, 1).double()
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    apply = lambda x, weight, bias: unet._PooledConv1x1.apply(x, weight, bias)
+    assert torch.autograd.gradcheck(apply, (x, head.weight, head.bias))
+    assert torch.autograd.gradgradcheck(apply, (x, head.weight, head.bias))
 
 
 def test_channels_last_input_gives_the_same_result():

@@ -5,7 +5,8 @@ gradient pays a page fault per 4 KiB: about a fifth of a 572x572 training step. 
 therefore take their large buffers (1 MiB and up, theirs and those of the ATen calls they make)
 from a pool that keeps freed blocks for reuse. It sits in front of torch's CPU allocator from
 the first op on, and serves only the allocations made inside unet_fast's ops, on the thread
-that runs them; everything else passes through untouched.
+that runs them, and inside :func:`pooled_cpu_allocations` (the model's 1x1 head); everything
+else passes through untouched.
 
 What it holds, in use and idle, never exceeds the most it ever had in use at once (one
 step's need), and a block left idle for ``UNET_FAST_CPU_POOL_IDLE_S`` seconds (default 30;
@@ -19,12 +20,14 @@ Set ``UNET_FAST_CPU_POOL=0`` before the first op runs to turn it off.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 from unet_fast.ops import backends
 
-__all__ = ["CpuPoolStats", "cpu_pool_stats", "empty_cpu_pool", "set_cpu_pool_idle_seconds"]
+__all__ = ["CpuPoolStats", "cpu_pool_stats", "empty_cpu_pool", "pooled_cpu_allocations", "set_cpu_pool_idle_seconds"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,20 @@ def set_cpu_pool_idle_seconds(seconds: float) -> None:
         from unet_fast import _C
 
         _C.buffer_pool_set_idle_seconds(float(seconds))
+
+
+@contextlib.contextmanager
+def pooled_cpu_allocations() -> Iterator[None]:
+    """Within it, this thread's CPU allocations of 1 MiB and more come from the pool, as inside
+    the C++ ops: for the few ATen calls the model makes itself (without the extension, nothing
+    changes)."""
+    if not backends.extension_loaded():
+        yield
+        return
+    from unet_fast import _C
+
+    guard = _C.buffer_pool_guard()
+    try:
+        yield
+    finally:
+        del guard
