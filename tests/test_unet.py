@@ -158,6 +158,18 @@ def test_the_heads_gradients_come_from_the_pool_and_equal_the_convolutions():
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
+def test_hooks_on_the_head_still_run():
+    ref, fast = twins(**SMALL)
+    seen = []
+    fast.head.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    fast.head.register_full_backward_hook(lambda module, grad_in, grad_out: seen.append("backward"))
+    x = torch.randn(1, 1, 44, 44)
+    out = fast(x)
+    out.sum().backward()
+    assert seen == [out.shape, "backward"]
+    torch.testing.assert_close(out, ref(x), **TOL)
+
+
 def test_the_pooled_head_has_first_and_second_derivatives():
     head = torch.nn.Conv2d(3, 2, 1).double()
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)

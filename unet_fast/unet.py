@@ -153,10 +153,22 @@ def _head_in_fp32(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def _head(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """The head, on the CPU with its buffers from the pool of unet_fast's ops."""
-    if x.device.type != "cpu":
+    """The head; on the CPU, where it is the plain 1x1 convolution UNet builds and no hook
+    watches it, with its buffers from the pool of unet_fast's ops."""
+    if x.device.type != "cpu" or not _plain_unhooked_1x1(head):
         return head(x)
     return _PooledConv1x1.apply(x, head.weight, head.bias)
+
+
+def _plain_unhooked_1x1(head: nn.Module) -> bool:
+    """Whether ``head`` is an nn.Conv2d as UNet builds it, with no hook that calling it as a
+    module would run (a head replaced or watched by the user runs as the module)."""
+    module_hooks = (head._forward_hooks, head._forward_pre_hooks, head._backward_hooks, head._backward_pre_hooks)
+    global_hooks = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks,
+                    nn.modules.module._global_backward_hooks, nn.modules.module._global_backward_pre_hooks)
+    return (type(head) is nn.Conv2d and head.kernel_size == (1, 1) and head.stride == (1, 1)
+            and head.padding == (0, 0) and head.dilation == (1, 1) and head.groups == 1
+            and head.padding_mode == "zeros" and not any(module_hooks) and not any(global_hooks))
 
 
 class _PooledConv1x1(torch.autograd.Function):
