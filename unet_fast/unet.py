@@ -182,7 +182,6 @@ class _PooledConv1x1(torch.autograd.Function):
         with memory.pooled_cpu_allocations():
             out = F.conv2d(x, weight, bias)
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
@@ -193,8 +192,8 @@ class _PooledConv1x1(torch.autograd.Function):
         needs = ctx.needs_input_grad
         with memory.pooled_cpu_allocations():
             grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [0, 0], [1, 1], False,
-                [0, 0], 1, [needs[0], needs[1], ctx.has_bias and needs[2]],
+                grad_out, x, weight, [weight.shape[0]] if needs[2] else None, [1, 1], [0, 0], [1, 1], False,
+                [0, 0], 1, [needs[0], needs[1], needs[2]],
             )
         return grad_x, grad_weight, grad_bias
 
