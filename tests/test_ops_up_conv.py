@@ -52,6 +52,20 @@ def test_values_and_gradients_equal_conv_transpose2d(backend, dtype, with_bias, 
         torch.testing.assert_close(value.double(), want, **TOL[dtype])
 
 
+@pytest.mark.parametrize("grad_mode", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_the_cpu_forward_by_pieces_of_rows_equals_conv_transpose2d(dtype, grad_mode):
+    """Large enough that the forward goes by pieces of rows, a GEMM each on one core
+    (csrc/cpu/up_conv.cpp): in training and in inference, with a channels_last weight that
+    requires grad, as the UNet's are (its taps then a view of it)."""
+    x, weight, bias = make(2, 16, 40, 64, 64, dtype=dtype)
+    weight = weight.contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.set_grad_enabled(grad_mode):
+        out = up_conv2x2(x, weight, bias, backend="cpu")
+    want = F.conv_transpose2d(x.double(), weight.double(), bias.double(), stride=2)
+    torch.testing.assert_close(out.detach().double(), want, **TOL[dtype])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "nchw"])
 def test_any_input_layout(backend, layout, device):

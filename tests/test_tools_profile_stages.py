@@ -1,5 +1,6 @@
 """tools/profile_stages.py: the FMA peak it rates against (csrc/cpu/fma_peak.cpp), and which
-GEMMs it counts as one core's (Winograd's products, inside our parallel regions)."""
+GEMMs it counts as one core's (Winograd's products and the up-convolutions' pieces, inside our
+parallel regions)."""
 
 import contextlib
 import importlib.util
@@ -86,9 +87,20 @@ def test_winograd_products_count_as_one_cores(channels, algorithm):
     assert profile_stages.POINT_PRODUCTS in profile_stages.ONE_CORE_STAGES
 
 
-def test_up_convolution_gemms_count_as_all_cores():
+def test_small_up_convolutions_and_the_backward_gemms_count_as_all_cores():
     x = torch.randn(1, 64, 16, 16).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(64, 32, 2, 2)
-    stages = gemm_stages(lambda: torch.ops.unet_fast.up_conv2x2(x, weight, None))
-    assert stages and set(stages) == {profile_stages.UP_CONVOLUTION_GEMMS}
+    grad = torch.randn(1, 32, 32, 32)
+    stages = gemm_stages(lambda: (torch.ops.unet_fast.up_conv2x2(x, weight, None),
+                                  torch.ops.unet_fast.up_conv2x2_backward(grad, x, weight, [True, True, True])))
+    assert len(stages) == 3 and set(stages) == {profile_stages.UP_CONVOLUTION_GEMMS}
     assert profile_stages.UP_CONVOLUTION_GEMMS not in profile_stages.ONE_CORE_STAGES
+
+
+def test_up_convolutions_by_pieces_count_as_one_cores():
+    """Large enough for the forward to go by pieces of 32 rows, a GEMM each (five pieces)."""
+    x = torch.randn(1, 64, 160, 16).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(64, 32, 2, 2)
+    stages = gemm_stages(lambda: torch.ops.unet_fast.up_conv2x2(x, weight, None))
+    assert stages == [profile_stages.UP_CONVOLUTION_PIECE_GEMMS] * 5
+    assert profile_stages.UP_CONVOLUTION_PIECE_GEMMS in profile_stages.ONE_CORE_STAGES

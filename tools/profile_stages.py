@@ -12,10 +12,11 @@ up-convolutions' GEMMs, oneDNN's direct convolutions, pooling, joins, the loss a
 A GEMM belongs to the op of ours it runs inside.
 
 The profiler records the thread that calls an op, not the others of a parallel region: the 3x3
-convolutions make Winograd's products inside their own parallel regions, one GEMM a core, so the
-profile holds the calling thread's share of them, and their rate is a core's, against one core's
-peak. Other GEMMs (the up-convolutions', the first layer's unfolded weight gradient) are called
-outside, each on all threads: their rate is all cores', against all cores' peak. Shares are of
+convolutions make Winograd's products inside their own parallel regions, one GEMM a core, and so
+does the up-convolutions' forward by pieces of rows; the profile holds the calling thread's share
+of them, and their rate is a core's, against one core's peak. Other GEMMs (the up-convolutions'
+backward, the first layer's unfolded weight gradient) are called outside, each on all threads:
+their rate is all cores', against all cores' peak. Shares are of
 the calling thread's time, the wall time.
 """
 
@@ -36,15 +37,18 @@ GEMMS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::addmm_")
 OWN_GEMM = "unet_fast::point_products"
 # Recorded around ATen's GEMMs of Winograd points, which run on one core each (csrc/cpu/winograd.cpp).
 POINT_GEMMS = "unet_fast::point_gemms"
+# Recorded around the GEMMs of the up-convolutions' forward by pieces of rows, one core each (csrc/cpu/up_conv.cpp).
+UP_CONVOLUTION_PIECES = "unet_fast::up_conv_pieces"
 CONVOLUTIONS = ("unet_fast::conv3x3_bias_relu", "unet_fast::crop_concat_conv3x3",
                 "unet_fast::conv3x3_bias_relu_backward", "unet_fast::crop_concat_conv3x3_backward")
 UP_CONVOLUTIONS = ("unet_fast::up_conv2x2", "unet_fast::up_conv2x2_backward")
-POINT_PRODUCTS, CONVOLUTION_GEMMS, UP_CONVOLUTION_GEMMS, OTHER_GEMMS = (
+POINT_PRODUCTS, CONVOLUTION_GEMMS, UP_CONVOLUTION_PIECE_GEMMS, UP_CONVOLUTION_GEMMS, OTHER_GEMMS = (
     "Winograd's products in the 3x3 convolutions", "other GEMMs in the 3x3 convolutions",
-    "GEMMs in the up-convolutions", "other GEMMs")
+    "GEMMs in the up-convolutions, by pieces", "other GEMMs in the up-convolutions", "other GEMMs")
 STAGES = [  # (stage, op names whose self time it is; GEMMs go by the op they run in)
     (POINT_PRODUCTS, ()),
     (CONVOLUTION_GEMMS, ()),
+    (UP_CONVOLUTION_PIECE_GEMMS, ()),
     (UP_CONVOLUTION_GEMMS, ()),
     (OTHER_GEMMS, ()),
     ("3x3 convolutions: transforms, packing, bias, ReLU", CONVOLUTIONS),
@@ -58,7 +62,7 @@ STAGES = [  # (stage, op names whose self time it is; GEMMs go by the op they ru
 
 
 # GEMM stages whose every GEMM runs on one core (inside a parallel region of ours)
-ONE_CORE_STAGES = (POINT_PRODUCTS,)
+ONE_CORE_STAGES = (POINT_PRODUCTS, UP_CONVOLUTION_PIECE_GEMMS)
 
 
 def fma_peak_gflops(seconds: float = 2.0) -> list[float]:
@@ -108,6 +112,8 @@ def _stage(event) -> str | None:
             owner = owner.cpu_parent
         if owner is not None and owner.name == POINT_GEMMS:
             return POINT_PRODUCTS
+        if owner is not None and owner.name == UP_CONVOLUTION_PIECES:
+            return UP_CONVOLUTION_PIECE_GEMMS
         if owner is not None and owner.name in CONVOLUTIONS:
             return CONVOLUTION_GEMMS
         return UP_CONVOLUTION_GEMMS if owner is not None and owner.name in UP_CONVOLUTIONS else OTHER_GEMMS
