@@ -104,3 +104,15 @@ def test_up_convolutions_by_pieces_count_as_one_cores():
     stages = gemm_stages(lambda: torch.ops.unet_fast.up_conv2x2(x, weight, None))
     assert stages == [profile_stages.UP_CONVOLUTION_PIECE_GEMMS] * 5
     assert profile_stages.UP_CONVOLUTION_PIECE_GEMMS in profile_stages.ONE_CORE_STAGES
+
+
+def test_the_forwards_multiplications_at_572():
+    """The post's U-Net at 572: 289.6 GFLOP of 3x3 convolutions done directly; by F(6x6) all
+    but the first layer's need at most 324/64 fewer (fewer where the last tiles overhang);
+    the first layer, the four up-convolutions and the head, counted by hand."""
+    gflop = profile_stages.forward_gflop(572)
+    first = 2 * 9 * 64 * 570**2 / 1e9
+    assert gflop["direct 3x3"] == pytest.approx(289.56, abs=0.01)
+    assert 4.9 < (gflop["direct 3x3"] - first) / gflop["F(6x6) products"] < 324 / 64
+    up = sum(2 * 4 * c * c // 2 * side**2 for c, side in ((1024, 28), (512, 52), (256, 100), (128, 196))) / 1e9
+    assert gflop["the rest"] == pytest.approx(first + up + 2 * 64 * 2 * 388**2 / 1e9, rel=1e-9)

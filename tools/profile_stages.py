@@ -5,6 +5,9 @@ the profiles; a 2048 x 2048 ``torch.mm`` is printed beside it).
 
     python tools/profile_stages.py [--size 572] [--rounds 3]
 
+Last, the forward's bound: its multiplications with every 3x3 convolution by F(6x6), at the
+FMA peak, with nothing else costing time.
+
 Stages: the GEMMs inside the 3x3 convolutions (Winograd's point-wise products, by our AVX-512
 or AVX2 kernel, batched or point by point; the first layer's unfolded weight gradient), the
 rest of the 3x3 convolutions (input, output and weight transforms, packing, bias and ReLU), the
@@ -23,13 +26,14 @@ the calling thread's time, the wall time.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import torch
 
 import unet_fast
-from unet_fast import _C, tuning
+from unet_fast import _C, reference, tuning
 
 GEMMS = ("aten::bmm", "aten::mm", "aten::addmm", "aten::addmm_")
 # Our AVX-512 or AVX2 kernel's products of a piece of tiles (csrc/cpu/point_gemm.cpp): u (points, rows,
@@ -78,6 +82,39 @@ def gemm_gflops(side: int = 2048, rounds: int = 20) -> float:
         torch.mm(a, b)
     best = min(_seconds(lambda: torch.mm(a, b)) for _ in range(rounds))
     return 2 * side**3 / best / 1e9
+
+
+def forward_gflop(size: int) -> dict[str, float]:
+    """GFLOP (multiply-adds x 2) of the post's U-Net forward at ``size``: its 3x3 convolutions
+    done directly ("direct 3x3"), the same by Winograd F(6x6, 3x3) where they have more than one
+    input channel ("F(6x6) products": 8x8 point-wise products a 6x6 block of output, the fewest
+    of any algorithm here; F(8x8) is not built, for its fp32 error), and the rest as GEMMs or
+    directly ("the rest": the first layer, the up-convolutions, the head). Shapes from a run on
+    the meta device."""
+    model = reference.UNet().to("meta")
+    counts = {"direct 3x3": 0.0, "F(6x6) products": 0.0, "the rest": 0.0}
+
+    def count(module, inputs, output):
+        (_, c_in, *_), (_, c_out, height, width) = inputs[0].shape, output.shape
+        taps = module.weight.shape[2] * module.weight.shape[3]
+        if isinstance(module, torch.nn.ConvTranspose2d):  # each input pixel times all taps
+            counts["the rest"] += 2 * c_in * c_out * taps * inputs[0].shape[2] * inputs[0].shape[3] / 1e9
+            return
+        direct = 2 * c_in * c_out * taps * height * width / 1e9
+        if taps == 9:
+            counts["direct 3x3"] += direct
+        if taps == 9 and c_in > 1:
+            counts["F(6x6) products"] += 2 * c_in * c_out * 64 * math.ceil(height / 6) * math.ceil(width / 6) / 1e9
+        else:
+            counts["the rest"] += direct
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    with torch.no_grad():
+        model(torch.empty(1, 1, size, size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    return counts
 
 
 def _seconds(fn) -> float:
@@ -181,6 +218,12 @@ def main() -> None:
             print(f"| {name} | {times[name]:.0f} | {times[name] / wall:.0%} | {achieved} |")
         rest = wall - sum(times.values())
         print(f"| everything else (Python, autograd, other ops) | {rest:.0f} | {rest / wall:.0%} | - | - |")
+    gflop = forward_gflop(args.size)
+    bound_ms = (gflop["F(6x6) products"] + gflop["the rest"]) / all_peak * 1e3
+    print(f"\nthe forward's bound here: {gflop['F(6x6) products']:.1f} GFLOP of F(6x6) products (for "
+          f"{gflop['direct 3x3']:.1f} of direct 3x3 convolutions) and {gflop['the rest']:.1f} of the rest, "
+          f"{bound_ms:.0f} ms at the FMA peak with every transform free; the forward ran at "
+          f"{bound_ms / profiles['forward'][0]:.0%} of that bound")
 
 
 if __name__ == "__main__":
