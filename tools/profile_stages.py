@@ -19,8 +19,8 @@ convolutions make Winograd's products inside their own parallel regions, one GEM
 does the up-convolutions' forward by pieces of rows; the profile holds the calling thread's share
 of them, and their rate is a core's, against one core's peak. Other GEMMs (the up-convolutions'
 backward, the first layer's unfolded weight gradient) are called outside, each on all threads:
-their rate is all cores', against all cores' peak. Shares are of
-the calling thread's time, the wall time.
+their rate is all cores', against all cores' peak. Shares are of the calling thread's time, the
+wall time.
 """
 
 from __future__ import annotations

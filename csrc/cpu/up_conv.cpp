@@ -1,9 +1,10 @@
 // CPU kernels of up_conv2x2, the decoder's 2x2 stride-2 transposed convolution. Its windows do
 // not overlap: each input pixel's channels times a (C_in, 2*2*C_out) matrix of taps give the
-// four output pixels it covers. So the convolution is a GEMM over the pixels, its rows
-// scattered with the bias into the output (by pieces that stay in cache); the backward gathers the output's gradient into
-// that GEMM's layout once and takes both gradients as GEMMs. ATen's transposed convolution
-// runs its backward at a fraction of the GEMM rate (the U-Net's four at 572: 0.54 s).
+// four output pixels it covers. So the convolution is a GEMM over the pixels (by pieces that
+// stay in cache), its rows scattered with the bias into the output; the backward gathers the
+// output's gradient into that GEMM's layout once and takes both gradients as GEMMs. ATen's
+// transposed convolution runs its backward at a fraction of the GEMM rate (the U-Net's four at
+// 572: 0.54 s).
 #include <ATen/OpMathType.h>
 #include <ATen/record_function.h>
 #include <torch/library.h>
