@@ -56,9 +56,10 @@ def test_values_and_gradients_equal_conv_transpose2d(backend, dtype, with_bias, 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_the_cpu_forward_by_pieces_of_rows_equals_conv_transpose2d(dtype, grad_mode):
     """Large enough that the forward goes by pieces of rows, a GEMM each on one core
-    (csrc/cpu/up_conv.cpp): in training and in inference, with a channels_last weight that
-    requires grad, as the UNet's are (its taps then a view of it)."""
-    x, weight, bias = make(2, 16, 40, 64, 64, dtype=dtype)
+    (csrc/cpu/up_conv.cpp; pieces of 4 or 8 rows, one of them across the two images): in
+    training and in inference, with a channels_last weight that requires grad, as the UNet's
+    are (its taps then a view of it)."""
+    x, weight, bias = make(2, 16, 42, 64, 64, dtype=dtype)
     weight = weight.contiguous(memory_format=torch.channels_last).requires_grad_()
     with torch.set_grad_enabled(grad_mode):
         out = up_conv2x2(x, weight, bias, backend="cpu")
