@@ -8,6 +8,7 @@
 #include "cpu/fma_peak.h"
 #include "cpu/point_gemm.h"
 #include "cpu/target_clones.h"
+#include "cpu/thread_placement.h"
 
 namespace {
 
@@ -90,6 +91,45 @@ PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
   return list;
 }
 
+// [CPU] a region of `threads` threads started here now holds its threads on, by their index in
+// it: [] where the OS places them (csrc/cpu/thread_placement.h).
+PyObject* cpu_placement_cpus(PyObject*, PyObject* arg) {
+  const long long threads = PyLong_AsLongLong(arg);
+  if (threads == -1 && PyErr_Occurred()) return nullptr;
+  std::vector<int> cpus;
+  try {
+    cpus = unet_fast::placement_cpus(threads);
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+  PyObject* list = PyList_New(Py_ssize_t(cpus.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < cpus.size(); ++i) PyList_SET_ITEM(list, Py_ssize_t(i), PyLong_FromLong(cpus[i]));
+  return list;
+}
+
+PyObject* cpu_thread_placement(PyObject*, PyObject*) {
+  try {
+    return PyBool_FromLong(unet_fast::thread_placement_enabled());
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+
+PyObject* cpu_set_thread_placement(PyObject*, PyObject* arg) {
+  const int enabled = PyObject_IsTrue(arg);
+  if (enabled < 0) return nullptr;
+  try {
+    unet_fast::set_thread_placement_enabled(enabled != 0);
+  } catch (const c10::Error& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"buffer_pool_stats", buffer_pool_stats, METH_NOARGS, "(in use, cached, peak in use) bytes of the CPU buffer pool"},
     {"buffer_pool_empty_cache", buffer_pool_empty_cache, METH_NOARGS, "frees the pool's cached CPU buffers"},
@@ -104,6 +144,11 @@ PyMethodDef methods[] = {
      "bytes of transformed weights up to which that kernel multiplies by them"},
     {"cpu_fma_peak_gflops", cpu_fma_peak_gflops, METH_O,
      "[GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for the given seconds"},
+    {"cpu_placement_cpus", cpu_placement_cpus, METH_O,
+     "[CPU] a region of the given threads started here holds them on, by index; [] where the OS places them"},
+    {"cpu_thread_placement", cpu_thread_placement, METH_NOARGS, "whether parallel regions hold threads one to a CPU"},
+    {"cpu_set_thread_placement", cpu_set_thread_placement, METH_O,
+     "whether parallel regions hold threads one to a CPU (UNET_FAST_PIN_THREADS)"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

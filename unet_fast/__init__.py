@@ -29,6 +29,7 @@ _WHERE = {
     "segment": "unet_fast.predict",
     "segment_large": "unet_fast.blockwise",
     "synthetic_cells": "unet_fast.data",
+    "threads": "unet_fast.threads",
     "train": "unet_fast.training",
     "weight_map": "unet_fast.weights",
     "weighted_softmax_cross_entropy": "unet_fast.ops",

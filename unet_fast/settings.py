@@ -15,7 +15,8 @@ makes the next use read them again (tests; programs that set them after their fi
 The C++ buffer pool reads its own two (``UNET_FAST_CPU_POOL``, ``UNET_FAST_CPU_POOL_IDLE_S``)
 once, when it is first used, and the Winograd convolutions ``UNET_FAST_POINT_GEMM`` at their
 first call: ``0`` makes their transform-domain products by ATen's GEMM instead of unet_fast's
-AVX-512 or AVX2 kernel, ``avx2`` takes the AVX2 kernel on a CPU with AVX-512 too.
+AVX-512 or AVX2 kernel, ``avx2`` takes the AVX2 kernel on a CPU with AVX-512 too. ``UNET_FAST_PIN_THREADS=0``
+(read at the first op) leaves the ops' threads where the OS puts them (:mod:`unet_fast.threads`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 // slowest part: on a machine where another process shares a core, the thread on that core
 // holds everyone up at every region's end. Handed out piece by piece, the free thread takes
 // more pieces, and a pass that would need a region per stage (transform, multiply, transform
-// back) needs one in all.
+// back) needs one in all. The region's threads are held one to a CPU (thread_placement.h), so
+// that the shared core is shared with one of them only.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -11,6 +12,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+
+#include "thread_placement.h"
 
 namespace unet_fast {
 
@@ -25,8 +28,10 @@ inline int64_t worker_threads(int64_t pieces) {
 template <typename MakeWorker>
 void for_each_piece(int64_t pieces, int64_t threads, MakeWorker&& make_worker) {
   std::atomic<int64_t> next{0};
+  ThreadPlacement placement(threads);
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t thread = begin; thread < end; ++thread) {
+      placement.place(thread);
       auto worker = make_worker(thread);
       for (int64_t piece; (piece = next.fetch_add(1, std::memory_order_relaxed)) < pieces;) worker(piece);
     }
