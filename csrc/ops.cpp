@@ -4,6 +4,8 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "cpu/buffer_pool.h"
 #include "cpu/fma_peak.h"
 #include "cpu/point_gemm.h"
@@ -74,6 +76,15 @@ PyObject* cpu_point_products_max_weight_bytes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(unet_fast::kPointProductsMaxWeightBytes);
 }
 
+// A Python list of `values`, each made by `make`.
+template <typename T, typename Make>
+PyObject* list_of(const std::vector<T>& values, Make make) {
+  PyObject* list = PyList_New(Py_ssize_t(values.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < values.size(); ++i) PyList_SET_ITEM(list, Py_ssize_t(i), make(values[i]));
+  return list;
+}
+
 // [GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for `seconds` (csrc/cpu/fma_peak.h).
 PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
   const double seconds = PyFloat_AsDouble(arg);
@@ -85,10 +96,7 @@ PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
     PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
     return nullptr;
   }
-  PyObject* list = PyList_New(Py_ssize_t(rates.size()));
-  if (list == nullptr) return nullptr;
-  for (size_t i = 0; i < rates.size(); ++i) PyList_SET_ITEM(list, Py_ssize_t(i), PyFloat_FromDouble(rates[i]));
-  return list;
+  return list_of(rates, PyFloat_FromDouble);
 }
 
 // [CPU] a region of `threads` threads started here now holds its threads on, by their index in
@@ -103,10 +111,7 @@ PyObject* cpu_placement_cpus(PyObject*, PyObject* arg) {
     PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
     return nullptr;
   }
-  PyObject* list = PyList_New(Py_ssize_t(cpus.size()));
-  if (list == nullptr) return nullptr;
-  for (size_t i = 0; i < cpus.size(); ++i) PyList_SET_ITEM(list, Py_ssize_t(i), PyLong_FromLong(cpus[i]));
-  return list;
+  return list_of(cpus, [](int cpu) { return PyLong_FromLong(cpu); });
 }
 
 PyObject* cpu_thread_placement(PyObject*, PyObject*) {
