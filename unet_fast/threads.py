@@ -3,17 +3,16 @@
 On a machine shared with other processes, a neighbour that keeps one core busy leaves the OS
 three threads for two CPUs when torch runs a thread a CPU (its default). The scheduler may then
 keep two of torch's threads on one CPU for seconds, and the work gets one CPU instead of the one
-and a half left to it. So while one of unet_fast's parallel regions runs, it holds its threads
-one to a CPU: the calling thread for the region's length only (the threads and processes it
-starts later, such as DataLoader workers, inherit its CPUs as they were), torch's other threads
-from then on. It does so only where the threads are exactly as many as the caller's CPUs; with
-CPUs to spare the OS can move a thread to a free one, and it is left to.
+and a half left to it. So at each of unet_fast's parallel regions, torch's other threads are
+held on the CPUs other than the one the calling thread runs on, one to a CPU, until a region
+finds the caller on another CPU. The calling thread itself is never held, so the threads and
+processes it starts (DataLoader workers) inherit all its CPUs. It is done only where the threads
+are exactly as many as the caller's CPUs; with CPUs to spare the OS can move a thread to a free
+one, and it is left to.
 
-Where the neighbour is another process with as many threads as CPUs (two trainings at once), the
-OS does better on its own (a 572 step 10-15% faster): there set ``UNET_FAST_PIN_THREADS=0``
-(read at the first op) or call :func:`pin_threads` ``(False)``, which leave the placement to
-the OS (docs/memory.md). Without the C++ extension there are no such regions, and nothing is held.
-"""
+``UNET_FAST_PIN_THREADS=0`` (read at the first op) or :func:`pin_threads` ``(False)`` leaves the
+placement to the OS (docs/memory.md). Without the C++ extension there are no such regions, and
+nothing is held."""
 
 from __future__ import annotations
 
@@ -44,8 +43,9 @@ def pin_threads(enabled: bool) -> None:
 
 
 def placement_cpus(threads: int | None = None) -> list[int]:
-    """The CPUs a region of ``threads`` threads (default: torch's) started on this thread now
-    would hold them on, by their index in it; ``[]`` where it leaves them to the OS."""
+    """The CPUs a region of ``threads`` threads (default: torch's) started on this thread would
+    share out one to a thread (the caller's CPU at the time to the caller); ``[]`` where it
+    leaves them to the OS."""
     threads = torch.get_num_threads() if threads is None else threads
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be an int >= 1, got {threads!r}")

@@ -3,8 +3,8 @@
 // slowest part: on a machine where another process shares a core, the thread on that core
 // holds everyone up at every region's end. Handed out piece by piece, the free thread takes
 // more pieces, and a pass that would need a region per stage (transform, multiply, transform
-// back) needs one in all. The region's threads are held one to a CPU (thread_placement.h), so
-// that the shared core is shared with one of them only.
+// back) needs one in all. torch's other threads are held off the caller's CPU, one to a CPU
+// (thread_placement.h), so that a shared core is shared with one of the region's threads only.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -28,7 +28,7 @@ inline int64_t worker_threads(int64_t pieces) {
 template <typename MakeWorker>
 void for_each_piece(int64_t pieces, int64_t threads, MakeWorker&& make_worker) {
   std::atomic<int64_t> next{0};
-  ThreadPlacement placement(threads);
+  const ThreadPlacement placement(threads);
   at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t thread = begin; thread < end; ++thread) {
       placement.place(thread);

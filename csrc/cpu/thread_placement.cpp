@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string_view>
@@ -39,17 +40,21 @@ std::vector<int> this_threads_cpus() {
   return cpus;
 }
 
-// Holds the calling thread on `cpus`; a failure (a CPU taken from the process meanwhile)
+// Holds the calling thread on `cpu`; a failure (the CPU taken from the process meanwhile)
 // leaves it where it was.
-void hold_this_thread_on(const std::vector<int>& cpus) {
+void hold_this_thread_on(int cpu) {
   cpu_set_t set;
   CPU_ZERO(&set);
-  for (const int cpu : cpus) CPU_SET(cpu, &set);
+  CPU_SET(cpu, &set);
   (void)sched_setaffinity(0, sizeof(set), &set);
 }
+
+// The CPU the calling thread runs on now (-1: unknown).
+int this_threads_cpu() { return sched_getcpu(); }
 #else
 std::vector<int> this_threads_cpus() { return {}; }
-void hold_this_thread_on(const std::vector<int>&) {}
+void hold_this_thread_on(int) {}
+int this_threads_cpu() { return -1; }
 #endif
 
 // The CPU this pool thread was last held on by a region (-1: none).
@@ -68,26 +73,22 @@ std::vector<int> placement_cpus(int64_t threads) {
   return cpus;
 }
 
-ThreadPlacement::ThreadPlacement(int64_t threads) : cpus_(placement_cpus(threads)) {
-  if (cpus_.empty()) return;
-  caller_cpus_ = cpus_;  // placement_cpus found the caller on exactly these
+ThreadPlacement::ThreadPlacement(int64_t threads) {
+  const std::vector<int> cpus = placement_cpus(threads);
+  const int here = this_threads_cpu();
+  if (std::find(cpus.begin(), cpus.end(), here) == cpus.end()) return;
+  for (const int cpu : cpus) {
+    if (cpu != here) other_cpus_.push_back(cpu);
+  }
   caller_ = std::this_thread::get_id();
 }
 
-ThreadPlacement::~ThreadPlacement() {
-  if (caller_placed_) hold_this_thread_on(caller_cpus_);
-}
-
-void ThreadPlacement::place(int64_t thread) {
-  if (cpus_.empty() || thread < 0 || thread >= int64_t(cpus_.size())) return;
-  const int cpu = cpus_[thread];
-  if (std::this_thread::get_id() == caller_) {
-    hold_this_thread_on({cpu});
-    caller_placed_ = true;  // only the caller writes it
-    return;
-  }
+void ThreadPlacement::place(int64_t thread) const {
+  if (other_cpus_.empty() || thread < 1 || thread > int64_t(other_cpus_.size())) return;
+  if (std::this_thread::get_id() == caller_) return;
+  const int cpu = other_cpus_[thread - 1];
   if (held_cpu == cpu) return;
-  hold_this_thread_on({cpu});
+  hold_this_thread_on(cpu);
   held_cpu = cpu;
 }
 
