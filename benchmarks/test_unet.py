@@ -1,6 +1,7 @@
 """The U-Net against the reference module, eager and under torch.compile: forward and a
 training step (forward, the paper's weighted loss, backward), at 252 and 572, fp32 and bf16
-autocast. One test function per model, so that
+autocast, and the eager models' training step with another process spinning on a core (the
+load a shared machine sees). One test function per model, so that
 
     pytest benchmarks/test_unet.py --benchmark-group-by=param
 
@@ -13,13 +14,14 @@ import pytest
 import torch
 
 import unet_fast
-from unet_fast import memory, reference
+from unet_fast import bench, memory, reference
 
 from conftest import DEVICE, peak_memory_mb, rounds, synchronize
 
 SIZES = [252, 572]
 PRECISIONS = ["fp32", "bf16"]
 MODES = ["forward", "train_step"]
+BUSY = "train_step_busy_core"  # a training step under load; the eager models only, as the load rule compares them
 ROUNDS = 3
 QUICK = {"size": [252], "precision": ["fp32"]}
 
@@ -49,7 +51,7 @@ def _step(model, size, precision, mode):
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    return forward if mode == "forward" else train_step
+    return forward if mode == "forward" else train_step  # BUSY: the same step, under load
 
 
 def _cuda_graph(step):
@@ -75,30 +77,31 @@ def _run(benchmark, model, size, precision, mode, compiled=False):
         body()
         synchronize()
 
-    step()  # warm-up (and compilation, for compiled models)
-    if compiled and DEVICE.type == "cpu":
-        # The CPU profiler does not see the buffers inductor's generated code allocates.
-        benchmark.extra_info["peak_memory_mb"] = "not measured"
-    else:
-        benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
-    if DEVICE.type == "cuda" and mode == "forward" and not compiled:
-        body = _cuda_graph(body)  # timed as a graph; the memory above is the eager forward's
-        benchmark.extra_info["cuda_graph"] = True
-    benchmark.pedantic(step, rounds=rounds(ROUNDS), iterations=1)
-    if isinstance(model, unet_fast.UNet) and DEVICE.type == "cpu":
-        # Idle blocks the CPU buffer pool keeps for the next step (not in the peak above).
-        benchmark.extra_info["cpu_pool_idle_mb"] = round(memory.cpu_pool_stats().cached_bytes / 2**20, 1)
-        memory.empty_cpu_pool()
+    with bench.busy_core() if mode == BUSY else contextlib.nullcontext():
+        step()  # warm-up (and compilation, for compiled models)
+        if compiled and DEVICE.type == "cpu":
+            # The CPU profiler does not see the buffers inductor's generated code allocates.
+            benchmark.extra_info["peak_memory_mb"] = "not measured"
+        else:
+            benchmark.extra_info["peak_memory_mb"] = round(peak_memory_mb(step), 1)
+        if DEVICE.type == "cuda" and mode == "forward" and not compiled:
+            body = _cuda_graph(body)  # timed as a graph; the memory above is the eager forward's
+            benchmark.extra_info["cuda_graph"] = True
+        benchmark.pedantic(step, rounds=rounds(ROUNDS), iterations=1)
+        if isinstance(model, unet_fast.UNet) and DEVICE.type == "cpu":
+            # Idle blocks the CPU buffer pool keeps for the next step (not in the peak above).
+            benchmark.extra_info["cpu_pool_idle_mb"] = round(memory.cpu_pool_stats().cached_bytes / 2**20, 1)
+            memory.empty_cpu_pool()
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES + [BUSY])
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("size", SIZES)
 def test_unet_fast(benchmark, size, precision, mode):
     _run(benchmark, unet_fast.UNet(), size, precision, mode)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES + [BUSY])
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("size", SIZES)
 def test_reference(benchmark, size, precision, mode):
