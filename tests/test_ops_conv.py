@@ -199,6 +199,27 @@ def test_few_channels_forward_equals_conv2d(dtype, relu, shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shape", [(1, 40, 6, 6, 48), (2, 7, 5, 4, 30)], ids=str)
+def test_unfolded_forward_equals_conv2d(dtype, relu, shape):
+    # "unfold", the forward the tuner offers where the output pixels are fewer than the output
+    # channels: filters in both layouts (the patches follow their order), NCHW and
+    # channels_last inputs, no bias, NaN kept through the ReLU; no data gradient.
+    x, weight, bias = make(*shape, dtype=dtype)
+    x[0, 0, 1, 1] = float("nan")
+    want = expected(x, weight, bias, relu)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        shaped = weight.contiguous(memory_format=layout)
+        out = torch.ops.unet_fast.conv3x3_bias_relu(x.contiguous(memory_format=layout), shaped, bias, relu, "unfold")
+        assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6, equal_nan=True)
+    no_bias = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, relu, "unfold")
+    torch.testing.assert_close(no_bias.double(), expected(x, weight, None, relu), rtol=1e-6, atol=1e-6, equal_nan=True)
+    with pytest.raises(RuntimeError, match="'unfold' computes fp32/fp64 forwards and weight gradients only, not the d"):
+        torch.ops.unet_fast.conv3x3_bias_relu_backward(out, x, weight, None, [True, False, False], "unfold", "direct")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 21, 23, 64), (2, 3, 9, 6, 70), (1, 2, 3, 3, 5), (2, 4, 12, 7, 33)], ids=str)
 def test_few_channels_weight_gradient_equals_conv2d_weight(dtype, shape):
     # "few"'s weight gradient: whole vectors of channels and the rest (70 = 64 + 6, 33, 5),

@@ -284,6 +284,13 @@ def test_products_by_aten_are_a_candidate_where_our_kernel_would_run_them():
     assert not any(name.endswith("-aten") for name in tuning.candidates(tuning.ConvShape.of("weight_grad", *narrow)))
 
 
+def test_the_unfolded_forward_is_a_candidate_where_the_pixels_are_fewer_than_the_output_channels():
+    few = tuning.ConvShape("forward", "float32", 2, 512, 32, 4, 4)  # 32 pixels for 32 channels
+    many = tuning.ConvShape("forward", "float32", 2, 512, 31, 4, 4)
+    assert "unfold" in tuning.candidates(few) and "unfold" not in tuning.candidates(many)
+    assert "unfold" not in tuning.candidates(tuning.ConvShape("data_grad", "float32", 2, 512, 32, 4, 4))
+
+
 @pytest.mark.parametrize("c_out", [252, 253], ids=["fits", "over"])
 def test_the_products_by_aten_are_a_candidate_up_to_the_kernels_weight_limit(c_out):
     """F(6x6) from 130 channels: 252 output channels take 64 x 130 x 252 x 4 bytes of transformed
@@ -302,7 +309,6 @@ def test_the_products_by_aten_are_a_candidate_up_to_the_kernels_weight_limit(c_o
 @pytest.mark.parametrize("name,message", [
     ("fast", "unknown conv3x3 algorithm 'fast'"),
     ("direct-aten", "unknown conv3x3 algorithm 'direct-aten'"),
-    ("unfold", "computes fp32/fp64 weight gradients only"),
     ("float:direct", "computes bf16/fp16 in fp32"),
 ])
 def test_an_algorithm_that_cannot_run_is_refused_by_name(name, message):

@@ -134,12 +134,18 @@ def _own_products_run(shape: ConvShape, block: int) -> bool:
             and weight_bytes <= _point_products_max_weight_bytes())
 
 
+def _few_pixels(shape: ConvShape) -> bool:
+    """Fewer output pixels than output channels: the unfolded patches are smaller than the
+    weights, so that one GEMM of them reads the weights once (the deep layers of small inputs)."""
+    return shape.images * shape.out_h * shape.out_w <= shape.c_out
+
+
 def _fp32_candidates(shape: ConvShape) -> list[str]:
     found = ["direct", "nchw", "winograd2", "winograd4", "winograd6"]
     found += [f"winograd{block}-aten" for block in (2, 4, 6) if _own_products_run(shape, block)]
     if shape.kind == "forward" and shape.dtype == "float32" and torch.backends.nnpack.is_available():
         found.append("nnpack")
-    if shape.kind == "weight_grad" and shape.c_in <= 16:
+    if (shape.kind == "weight_grad" and shape.c_in <= 16) or (shape.kind == "forward" and _few_pixels(shape)):
         found.append("unfold")
     if shape.kind != "data_grad" and shape.c_in <= 4:
         found.append("few")

@@ -29,6 +29,28 @@ at::Tensor weight_grad_by_unfolding(const at::Tensor& grad, const at::Tensor& x,
 
 constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
 
+// The forward as one GEMM of the unfolded input patches with the filters, for layers of fewer
+// output pixels than output channels (the deep layers of small inputs): there the weights
+// outweigh the patches, and one GEMM reads them once (1024 -> 1024 on 4 x 4 output pixels:
+// 12-13 ms against 17 for oneDNN and 20 for Winograd F(2x2), whose transformed weights are
+// 1.8x as large; on the AVX2 EPYC). The patches take each pixel's taps in the filters' order,
+// so that of the operands only the patches are copied.
+at::Tensor forward_by_unfolding(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                bool relu) {
+  const at::Tensor x = x_in.contiguous(kChannelsLast);
+  const int64_t n = x.size(0), c_in = x.size(1), h = x.size(2) - 2, w = x.size(3) - 2, c_out = weight.size(0);
+  const int64_t sn = x.stride(0), sc = x.stride(1), sy = x.stride(2), sx = x.stride(3);
+  const bool taps_outer = weight.permute({0, 2, 3, 1}).is_contiguous();  // channels_last filters: (i, j, c) a row
+  const at::Tensor filters = taps_outer ? weight.permute({0, 2, 3, 1}).reshape({c_out, 9 * c_in})
+                                        : weight.contiguous().view({c_out, 9 * c_in});
+  const at::Tensor windows = taps_outer ? x.as_strided({n, h, w, 3, 3, c_in}, {sn, sy, sx, sy, sx, sc})
+                                        : x.as_strided({n, h, w, c_in, 3, 3}, {sn, sy, sx, sc, sy, sx});
+  const at::Tensor patches = windows.reshape({n * h * w, 9 * c_in});
+  at::Tensor out = bias ? at::addmm(*bias, patches, filters.t()) : at::mm(patches, filters.t());
+  if (relu) out.relu_();
+  return out.view({n, h, w, c_out}).permute({0, 3, 1, 2});  // channels_last
+}
+
 // Whether a bf16 pass computed in fp32 runs as bf16 Winograd with float GEMMs, reading and
 // writing bf16 with no converted copies of the tensors.
 bool winograd_in_float(const ConvAlgorithm& algorithm, at::ScalarType dtype) {
@@ -55,6 +77,8 @@ at::Tensor forward_by(const at::Tensor& x, const at::Tensor& weight, const std::
       return conv3x3_forward(x, weight, bias, relu, at::MemoryFormat::Contiguous).contiguous(kChannelsLast);
     case ConvMethod::kFew:
       return few_channels_conv3x3(x, weight, bias, relu);
+    case ConvMethod::kUnfold:
+      return forward_by_unfolding(x, weight, bias, relu);
     case ConvMethod::kNnpack: {
       at::Tensor out = at::_nnpack_spatial_convolution(x.contiguous(), weight.contiguous(), bias, {0, 0}, {1, 1});
       return (relu ? out.relu_() : out).contiguous(kChannelsLast);

@@ -47,8 +47,8 @@ ConvAlgorithm parse_method(std::string_view name, ConvPass pass, at::ScalarType 
                 (dtype == at::kBFloat16 ? " (bf16 takes winograd2, or float:winograd4/6)" : " (try float:)"));
   } else if (name == "unfold") {
     algorithm.method = ConvMethod::kUnfold;
-    TORCH_CHECK(pass == ConvPass::kWeightGrad && !reduced, "conv3x3 algorithm '", full,
-                "' computes fp32/fp64 weight gradients only, not the ", pass_name(pass), " in ", dtype);
+    TORCH_CHECK(pass != ConvPass::kDataGrad && !reduced, "conv3x3 algorithm '", full,
+                "' computes fp32/fp64 forwards and weight gradients only, not the ", pass_name(pass), " in ", dtype);
   } else if (name == "nnpack") {
     algorithm.method = ConvMethod::kNnpack;
     TORCH_CHECK(pass == ConvPass::kForward && dtype == at::kFloat && at::_nnpack_available(), "conv3x3 algorithm '",

@@ -7,7 +7,8 @@
 //               float products by our kernel where it runs (csrc/cpu/point_gemm.h)
 //   winograd2-aten, winograd4-aten, winograd6-aten
 //               the same with every product by ATen's GEMM (MKL/oneDNN)
-//   unfold      the weight gradient as one GEMM of the gradient with the unfolded input
+//   unfold      one GEMM of the unfolded input patches: the forward (with the filters) and the
+//               weight gradient (with the gradient)
 //   nnpack      NNPACK's forward (fp32, where torch has it)
 //   few         our direct forward and weight gradient for inputs of few channels
 //               (csrc/cpu/few_channels.cpp)
