@@ -180,43 +180,29 @@ def test_direct_cpu_forward_is_onednns_convolution_then_relu(dtype, environment)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("shape", [(1, 1, 21, 23, 64), (2, 3, 9, 6, 70), (1, 2, 3, 3, 5)], ids=str)
-def test_few_channels_forward_equals_conv2d(dtype, relu, shape):
-    # "few", the direct forward the tuner offers for inputs of up to 4 channels: blocks of 4
-    # pixels and the columns left over (21 and 6 wide), output channels in blocks of 64 (or 32
-    # doubles) and the rest, NCHW and channels_last inputs, NaN kept through the ReLU.
-    x, weight, bias = make(*shape, dtype=dtype)
-    x[0, 0, 1, 1] = float("nan")
-    want = expected(x, weight, bias, relu)
-    for layout in (torch.contiguous_format, torch.channels_last):
-        out = torch.ops.unet_fast.conv3x3_bias_relu(x.contiguous(memory_format=layout), weight, bias, relu, "few")
-        assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
-        torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6, equal_nan=True)
-    no_bias = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, relu, "few")
-    torch.testing.assert_close(no_bias.double(), expected(x, weight, None, relu), rtol=1e-6, atol=1e-6, equal_nan=True)
-    with pytest.raises(RuntimeError, match="'few' computes fp32/fp64 forwards and weight gradients only, not the data"):
-        torch.ops.unet_fast.conv3x3_bias_relu_backward(out, x, weight, None, [True, False, False], "few", "direct")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("shape", [(1, 40, 6, 6, 48), (2, 7, 5, 4, 30)], ids=str)
-def test_unfolded_forward_equals_conv2d(dtype, relu, shape):
-    # "unfold", the forward the tuner offers where the output pixels are fewer than the output
-    # channels: filters in both layouts (the patches follow their order), NCHW and
-    # channels_last inputs, no bias, NaN kept through the ReLU; no data gradient.
+@pytest.mark.parametrize("algorithm,shape", [
+    ("few", (1, 1, 21, 23, 64)), ("few", (2, 3, 9, 6, 70)), ("few", (1, 2, 3, 3, 5)),
+    ("unfold", (1, 40, 6, 6, 48)), ("unfold", (2, 7, 5, 4, 30)),
+], ids=str)
+def test_our_direct_forwards_equal_conv2d(algorithm, dtype, relu, shape):
+    # The forwards the tuner offers beside oneDNN's and Winograd's: "few" for inputs of up to 4
+    # channels (blocks of 4 pixels and the columns left over, 21 and 6 wide; output channels in
+    # blocks of 64, or 32 doubles, and the rest), "unfold" where the output pixels are fewer
+    # than the output channels (one GEMM of patches taken in the filters' order). NCHW and
+    # channels_last inputs and filters, no bias, NaN kept through the ReLU; no data gradient.
     x, weight, bias = make(*shape, dtype=dtype)
     x[0, 0, 1, 1] = float("nan")
     want = expected(x, weight, bias, relu)
     for layout in (torch.contiguous_format, torch.channels_last):
         shaped = weight.contiguous(memory_format=layout)
-        out = torch.ops.unet_fast.conv3x3_bias_relu(x.contiguous(memory_format=layout), shaped, bias, relu, "unfold")
+        out = torch.ops.unet_fast.conv3x3_bias_relu(x.contiguous(memory_format=layout), shaped, bias, relu, algorithm)
         assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e-6, equal_nan=True)
-    no_bias = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, relu, "unfold")
+    no_bias = torch.ops.unet_fast.conv3x3_bias_relu(x, weight, None, relu, algorithm)
     torch.testing.assert_close(no_bias.double(), expected(x, weight, None, relu), rtol=1e-6, atol=1e-6, equal_nan=True)
-    with pytest.raises(RuntimeError, match="'unfold' computes fp32/fp64 forwards and weight gradients only, not the d"):
-        torch.ops.unet_fast.conv3x3_bias_relu_backward(out, x, weight, None, [True, False, False], "unfold", "direct")
+    refusal = f"'{algorithm}' computes fp32/fp64 forwards and weight gradients only, not the data"
+    with pytest.raises(RuntimeError, match=refusal):
+        torch.ops.unet_fast.conv3x3_bias_relu_backward(out, x, weight, None, [True, False, False], algorithm, "direct")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
