@@ -14,6 +14,17 @@
 
 namespace {
 
+// fn()'s Python result; a c10::Error (a bad setting or argument) raised in Python as `type`.
+template <typename Fn>
+PyObject* raising_errors_as(PyObject* type, Fn fn) {
+  try {
+    return fn();
+  } catch (const c10::Error& error) {
+    PyErr_SetString(type, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+
 // (in use, cached, peak in use) bytes of the CPU buffer pool (csrc/cpu/buffer_pool.h).
 PyObject* buffer_pool_stats(PyObject*, PyObject*) {
   const unet_fast::BufferPoolStats stats = unet_fast::buffer_pool_stats();
@@ -29,31 +40,24 @@ PyObject* buffer_pool_empty_cache(PyObject*, PyObject*) {
 PyObject* buffer_pool_set_idle_seconds(PyObject*, PyObject* arg) {
   const double seconds = PyFloat_AsDouble(arg);
   if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
-  try {
+  return raising_errors_as(PyExc_ValueError, [&] {
     unet_fast::buffer_pool_set_idle_seconds(seconds);
-  } catch (const c10::Error& error) {
-    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
-    return nullptr;
-  }
-  Py_RETURN_NONE;
+    Py_RETURN_NONE;
+  });
 }
 
 // A guard of the CPU buffer pool (csrc/cpu/buffer_pool.h) for Python: this thread's large CPU
 // allocations come from the pool until the returned capsule is freed.
 PyObject* buffer_pool_guard(PyObject*, PyObject*) {
-  constexpr const char* kName = "unet_fast.PooledAllocations";
-  unet_fast::PooledAllocations* guard = nullptr;
-  try {
-    guard = new unet_fast::PooledAllocations();
-  } catch (const c10::Error& error) {
-    PyErr_SetString(PyExc_RuntimeError, error.what_without_backtrace());
-    return nullptr;
-  }
-  PyObject* capsule = PyCapsule_New(guard, kName, [](PyObject* held) {
-    delete static_cast<unet_fast::PooledAllocations*>(PyCapsule_GetPointer(held, kName));
+  static constexpr const char* kName = "unet_fast.PooledAllocations";
+  return raising_errors_as(PyExc_RuntimeError, [&]() -> PyObject* {
+    auto* guard = new unet_fast::PooledAllocations();
+    PyObject* capsule = PyCapsule_New(guard, kName, [](PyObject* held) {
+      delete static_cast<unet_fast::PooledAllocations*>(PyCapsule_GetPointer(held, kName));
+    });
+    if (capsule == nullptr) delete guard;
+    return capsule;
   });
-  if (capsule == nullptr) delete guard;
-  return capsule;
 }
 
 // Whether the CPU kernels take their AVX-512 loops and measured choices (docs/winograd.md).
@@ -61,14 +65,11 @@ PyObject* cpu_has_avx512(PyObject*, PyObject*) { return PyBool_FromLong(unet_fas
 
 // "avx512", "avx2" or None: the kernel of the Winograd products (csrc/cpu/point_gemm.h).
 PyObject* cpu_point_products_kernel(PyObject*, PyObject*) {
-  try {
+  return raising_errors_as(PyExc_ValueError, []() -> PyObject* {
     const char* name = unet_fast::point_products_kernel();
     if (name == nullptr) Py_RETURN_NONE;
     return PyUnicode_FromString(name);
-  } catch (const c10::Error& error) {
-    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
-    return nullptr;
-  }
+  });
 }
 
 // Bytes of transformed weights up to which point_products multiplies by them (csrc/cpu/point_gemm.h).
@@ -89,50 +90,31 @@ PyObject* list_of(const std::vector<T>& values, Make make) {
 PyObject* cpu_fma_peak_gflops(PyObject*, PyObject* arg) {
   const double seconds = PyFloat_AsDouble(arg);
   if (seconds == -1.0 && PyErr_Occurred()) return nullptr;
-  std::vector<double> rates;
-  try {
-    rates = unet_fast::fma_peak_gflops(seconds);
-  } catch (const c10::Error& error) {
-    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
-    return nullptr;
-  }
-  return list_of(rates, PyFloat_FromDouble);
+  return raising_errors_as(PyExc_ValueError,
+                           [&] { return list_of(unet_fast::fma_peak_gflops(seconds), PyFloat_FromDouble); });
 }
 
-// [CPU] a region of `threads` threads started here now holds its threads on, by their index in
-// it: [] where the OS places them (csrc/cpu/thread_placement.h).
+// [CPU] a region of `threads` threads started here now shares out one to a thread, the caller
+// keeping the one it runs on: [] where the OS places them (csrc/cpu/thread_placement.h).
 PyObject* cpu_placement_cpus(PyObject*, PyObject* arg) {
   const long long threads = PyLong_AsLongLong(arg);
   if (threads == -1 && PyErr_Occurred()) return nullptr;
-  std::vector<int> cpus;
-  try {
-    cpus = unet_fast::placement_cpus(threads);
-  } catch (const c10::Error& error) {
-    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
-    return nullptr;
-  }
-  return list_of(cpus, [](int cpu) { return PyLong_FromLong(cpu); });
+  return raising_errors_as(PyExc_ValueError, [&] {
+    return list_of(unet_fast::placement_cpus(threads), [](int cpu) { return PyLong_FromLong(cpu); });
+  });
 }
 
 PyObject* cpu_thread_placement(PyObject*, PyObject*) {
-  try {
-    return PyBool_FromLong(unet_fast::thread_placement_enabled());
-  } catch (const c10::Error& error) {
-    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
-    return nullptr;
-  }
+  return raising_errors_as(PyExc_ValueError, [] { return PyBool_FromLong(unet_fast::thread_placement_enabled()); });
 }
 
 PyObject* cpu_set_thread_placement(PyObject*, PyObject* arg) {
   const int enabled = PyObject_IsTrue(arg);
   if (enabled < 0) return nullptr;
-  try {
+  return raising_errors_as(PyExc_ValueError, [&] {
     unet_fast::set_thread_placement_enabled(enabled != 0);
-  } catch (const c10::Error& error) {
-    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
-    return nullptr;
-  }
-  Py_RETURN_NONE;
+    Py_RETURN_NONE;
+  });
 }
 
 PyMethodDef methods[] = {
@@ -150,7 +132,7 @@ PyMethodDef methods[] = {
     {"cpu_fma_peak_gflops", cpu_fma_peak_gflops, METH_O,
      "[GFLOP/s of each thread] of fp32 multiply-adds, all threads at once for the given seconds"},
     {"cpu_placement_cpus", cpu_placement_cpus, METH_O,
-     "[CPU] a region of the given threads started here holds them on, by index; [] where the OS places them"},
+     "[CPU] a region of the given threads started here shares out one to a thread; [] where the OS places them"},
     {"cpu_thread_placement", cpu_thread_placement, METH_NOARGS, "whether parallel regions hold threads one to a CPU"},
     {"cpu_set_thread_placement", cpu_set_thread_placement, METH_O,
      "whether parallel regions hold threads one to a CPU (UNET_FAST_PIN_THREADS)"},
