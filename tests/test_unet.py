@@ -76,8 +76,10 @@ def test_full_width_outputs_and_gradients_equal_the_reference(backend):
 
 @pytest.mark.parametrize("backend", backends_for("crop_concat"))
 def test_small_width_outputs_and_gradients_equal_the_reference(backend):
+    # 44, the smallest input these widths take (both joins still crop: 40 -> 8, 16 -> 8): the
+    # Triton interpreter's time grows with the pixels (94 s at 2 x 60 x 60, 46 s here)
     ref, fast = twins(**SMALL, backend=backend)
-    assert_same_outputs_and_gradients(ref, fast, torch.randn(2, 1, 60, 60))
+    assert_same_outputs_and_gradients(ref, fast, torch.randn(2, 1, 44, 44))
 
 
 def test_default_backend_is_the_cpp_kernel_on_cpu():
